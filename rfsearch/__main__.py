@@ -1,0 +1,5 @@
+"""``python -m rfsearch`` (and ``torchrun -m rfsearch``) run the command line."""
+
+from rfsearch.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""Supernet + choices → a plain child network: each point holds exactly its chosen op."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from rfsearch.arch import Arch
+from rfsearch.graph.backbone import build_backbone
+from rfsearch.graph.wrap import Enhanced, attach, attach_order, post_layers
+from rfsearch.supernet import MixedOp, Summed, Supernet
+
+
+def enhancer_of(ops: list[nn.Module]) -> nn.Module | None:
+    """The child's module for a choice; None when the choice is plain ``skip``."""
+    if len(ops) == 1:
+        return None if isinstance(ops[0], nn.Identity) else ops[0]
+    return Summed({str(i): op for i, op in enumerate(ops)})
+
+
+def build_child(arch: Arch) -> nn.Module:
+    """A fresh child from an arch file alone: no YAML, no supernet, no α, no unused candidates."""
+    if not arch.complete:
+        open_points = [p.path for p in arch.points if not p.choice]
+        raise ValueError(f"the architecture leaves {len(open_points)} point(s) undecided: {open_points[:4]}")
+    model = build_backbone(arch.backbone, arch.num_classes)
+    by_path = {p.path: p for p in arch.points}
+    for path in attach_order(list(by_path)):
+        point = by_path[path]
+        ops = [c.candidate().build(point.channels) for c in point.choice or []]
+        attach(model, path, enhancer_of(ops), post_layers(point.post, point.channels))
+    return model
+
+
+def discretize(supernet: Supernet) -> nn.Module:
+    """The child of a fully fixed supernet, keeping its weights and BN statistics."""
+    if not supernet.all_fixed():
+        raise ValueError(f"{len(supernet.unfixed())} point(s) are not fixed yet")
+    net = copy.deepcopy(supernet.net)
+    wrapped = [(name, m) for name, m in net.named_modules() if isinstance(m, Enhanced) and isinstance(m.enhancer, MixedOp)]
+    for name, module in sorted(wrapped, key=lambda item: item[0].count("."), reverse=True):
+        mixed = module.enhancer
+        ops = [mixed.ops[n] for n in mixed.choice]
+        enhancer = enhancer_of(ops)
+        has_post = not isinstance(module.post, nn.Identity)
+        if enhancer is None and not has_post:
+            parent_path, _, attr = name.rpartition(".")
+            setattr(net.get_submodule(parent_path) if parent_path else net, attr, module.inner)
+        else:
+            module.enhancer = enhancer if enhancer is not None else nn.Identity()
+    return net

@@ -1,0 +1,97 @@
+"""Global candidates: ops that see the whole feature map and gate the input with it.
+
+``global`` is the paper's spatial separable pooling; ``coordatt`` is the same block under the
+name of Coordinate Attention (Hou et al., 2021), which it follows, so the paper's comparison rows
+can be named as published. ``se`` and ``cbam`` are the other attention baselines of the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+from torchvision.ops import SqueezeExcitation
+
+from rfsearch.ops.registry import register_op
+from rfsearch.space.base import StrictModel
+
+
+class ReductionParams(StrictModel):
+    reduction: int = Field(32, ge=1, description="hidden channels = max(min_channels, C // reduction)")
+    min_channels: int = Field(8, ge=1)
+
+
+class SEParams(StrictModel):
+    reduction: int = Field(4, ge=1)
+    min_channels: int = Field(8, ge=1)
+
+
+class CBAMParams(StrictModel):
+    reduction: int = Field(16, ge=1)
+    min_channels: int = Field(8, ge=1)
+    kernel: int = Field(7, ge=1)
+
+
+class SpatialSeparablePool(nn.Module):
+    """Pool along W and along H, mix the two profiles jointly, gate the input with both."""
+
+    def __init__(self, channels: int, reduction: int = 32, min_channels: int = 8) -> None:
+        super().__init__()
+        hidden = max(min_channels, channels // reduction)
+        self.reduce = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1),
+            nn.BatchNorm2d(hidden),
+            nn.Hardswish(),
+        )
+        self.gate_h = nn.Conv2d(hidden, channels, 1)
+        self.gate_w = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        profile_h = x.mean(dim=3, keepdim=True)  # (N, C, H, 1)
+        profile_w = x.mean(dim=2, keepdim=True).transpose(2, 3)  # (N, C, W, 1)
+        mixed = self.reduce(torch.cat([profile_h, profile_w], dim=2))
+        mixed_h, mixed_w = torch.split(mixed, [h, w], dim=2)
+        a_h = torch.sigmoid(self.gate_h(mixed_h))
+        a_w = torch.sigmoid(self.gate_w(mixed_w.transpose(2, 3)))
+        return x * a_h * a_w
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al., 2018): channel then spatial gating."""
+
+    def __init__(self, channels: int, reduction: int = 16, min_channels: int = 8, kernel: int = 7) -> None:
+        super().__init__()
+        hidden = max(min_channels, channels // reduction)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+        self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        channel = self.mlp(x.mean(dim=(2, 3), keepdim=True)) + self.mlp(x.amax(dim=(2, 3), keepdim=True))
+        x = x * torch.sigmoid(channel)
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(pooled))
+
+
+@register_op("global", ReductionParams)
+def global_pool(channels: int, reduction: int = 32, min_channels: int = 8) -> nn.Module:
+    """Spatial separable (global) pooling of the paper: a receptive field of the whole map."""
+    return SpatialSeparablePool(channels, reduction, min_channels)
+
+
+@register_op("coordatt", ReductionParams)
+def coordatt(channels: int, reduction: int = 32, min_channels: int = 8) -> nn.Module:
+    """Coordinate Attention (Hou et al., 2021); the same block as ``global``."""
+    return SpatialSeparablePool(channels, reduction, min_channels)
+
+
+@register_op("se", SEParams)
+def se(channels: int, reduction: int = 4, min_channels: int = 8) -> nn.Module:
+    """Squeeze-and-Excitation (Hu et al., 2018), torchvision's implementation."""
+    return SqueezeExcitation(channels, max(min_channels, channels // reduction), scale_activation=nn.Hardsigmoid)
+
+
+@register_op("cbam", CBAMParams)
+def cbam(channels: int, reduction: int = 16, min_channels: int = 8, kernel: int = 7) -> nn.Module:
+    """CBAM (Woo et al., 2018)."""
+    return CBAM(channels, reduction, min_channels, kernel)

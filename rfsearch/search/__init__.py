@@ -1,0 +1,1 @@
+"""The shared search loop and the context strategies step in."""

@@ -1,0 +1,94 @@
+"""What a strategy works with during a step: the model, both optimizers and the gradient steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from rfsearch.supernet import Supernet
+from rfsearch.train.engine import autocast, to_device
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class SearchContext:
+    """The search loop's state as strategies see it.
+
+    ``model`` is what a forward calls: the supernet, or its DistributedDataParallel wrapper, whose
+    backward all-reduces weight gradients. ``reduce_grads`` averages gradients computed outside
+    it (α's) across ranks, so every rank holds the same α.
+    """
+
+    supernet: Supernet
+    model: nn.Module
+    weight_optimizer: torch.optim.Optimizer
+    arch_optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp: bool = False
+    channels_last: bool = False
+    grad_clip: float | None = None
+    step: int = 0
+    epoch: int = 0
+    arch_updates: bool = True
+    reduce_grads: Callable[[list[Tensor]], None] = field(default=lambda grads: None)
+
+    @property
+    def weight_lr(self) -> float:
+        return float(self.weight_optimizer.param_groups[0]["lr"])
+
+    def batch(self, batch: Batch) -> Batch:
+        return to_device(batch, self.device, self.channels_last)
+
+    def loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(logits.float(), y)
+
+    def weight_backward(self, batch: Batch) -> dict[str, float]:
+        """∇θ L_train(θ, α) into ``.grad`` of the weights (α's gradient is discarded)."""
+        x, y = self.batch(batch)
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp):
+            logits = self.model(x)
+        loss = self.loss(logits, y)
+        loss.backward()
+        for alpha in self.supernet.arch_parameters():
+            alpha.grad = None
+        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == y).float().mean().item()}
+
+    def weight_step(self) -> None:
+        """θ ← SGD(θ, ∇θ) with the gradient already in ``.grad`` (clipped if configured)."""
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.supernet.weight_parameters(), self.grad_clip)
+        self.weight_optimizer.step()
+
+    def lookahead_weights(self) -> dict[str, Tensor]:
+        """θ′ = θ − ζ ∇θ L_train: the virtual step of Algorithm 1 (first order: θ′ is a constant)."""
+        lr = self.weight_lr
+        return {
+            name: (p - lr * p.grad).detach() if p.grad is not None else p.detach()
+            for name, p in self.supernet.named_weight_parameters()
+        }
+
+    def arch_step(self, batch: Batch, weights: dict[str, Tensor] | None = None) -> dict[str, float]:
+        """α ← Adam(α, ∇α L_meta) on a meta batch, at the current θ or at ``weights`` (θ′).
+        Only α's gradient is computed, so the weights' ``.grad`` stays untouched."""
+        alphas = self.supernet.arch_parameters()
+        x, y = self.batch(batch)
+        with autocast(self.device, self.amp):
+            if weights is None:
+                logits = self.supernet(x)
+            else:
+                logits = functional_call(self.supernet, weights, (x,), strict=False)
+        loss = self.loss(logits, y)
+        if alphas:
+            grads = list(torch.autograd.grad(loss, alphas))
+            self.reduce_grads(grads)
+            for alpha, grad in zip(alphas, grads):
+                alpha.grad = grad
+            self.arch_optimizer.step()
+            self.arch_optimizer.zero_grad(set_to_none=True)
+        return {"meta_loss": loss.item(), "meta_acc": 100.0 * (logits.argmax(1) == y).float().mean().item()}

@@ -1,0 +1,223 @@
+"""The one search loop every strategy runs in: data, optimizers, schedule, checkpoints, history."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rfsearch import data as rfdata
+from rfsearch.arch import Arch, apply_arch, arch_of
+from rfsearch.console import console
+from rfsearch.distributed import Dist, init_distributed
+from rfsearch.io import append_jsonl, load_checkpoint, save_checkpoint
+from rfsearch.search.context import SearchContext
+from rfsearch.space.schema import SpaceConfig
+from rfsearch.strategies.base import Fixing, Strategy
+from rfsearch.strategies.registry import get_strategy
+from rfsearch.supernet import Supernet, build_supernet
+from rfsearch.train import rundir
+from rfsearch.train.engine import (
+    cosine_schedule,
+    cycle,
+    prune_optimizer,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    sgd,
+)
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    arch: Arch
+    steps: int
+    wall_time_s: float
+    stopped_early: bool
+
+
+def resolved_num_classes(space: SpaceConfig) -> int | None:
+    """The classifier size: the space's ``num_classes`` if set, else the dataset's."""
+    return space.backbone.kwargs.get("num_classes") or rfdata.num_classes(space.data)
+
+
+def run_search(
+    space: SpaceConfig,
+    out: str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    show_progress: bool = True,
+) -> SearchResult:
+    """Search ``space`` into a run directory (or continue the one in ``resume``)."""
+    dist, device_name = init_distributed(space.train.device)
+    device = resolve_device(device_name)
+    run_dir = Path(resume) if resume is not None else rundir.new_run_dir("search", space.name, out) if dist.is_main else Path(out or ".")
+    seed = space.train.seed
+    seed_everything(seed, space.train.deterministic)
+    recipe = space.train.search
+
+    num_classes = resolved_num_classes(space)
+    supernet = build_supernet(space, num_classes)
+    strategy_cls = get_strategy(space.strategy.name)
+    strategy: Strategy = strategy_cls(space.strategy_options(), supernet, seed)
+    channels_last = space.train.channels_last and device.type == "cuda"
+    supernet.to(device, memory_format=torch.channels_last) if channels_last else supernet.to(device)
+    if space.train.sync_bn and dist.enabled:
+        supernet.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(supernet.net)
+
+    loaders = None
+    steps_per_epoch = 1
+    if strategy_cls.trains_supernet:
+        loaders = rfdata.build_search_loaders(
+            space.data, batch_size=recipe.batch_size, seed=seed, device=device, distributed=dist.enabled
+        )
+        steps_per_epoch = len(loaders.weight) if recipe.steps_per_epoch is None else min(recipe.steps_per_epoch, len(loaders.weight))
+    total_steps = recipe.epochs * steps_per_epoch
+    weight_opt = sgd(supernet.weight_parameters(), recipe.optimizer)
+    arch = recipe.arch_optimizer
+    arch_opt = torch.optim.Adam(supernet.arch_parameters() or [torch.zeros(0, requires_grad=True)], lr=arch.lr, betas=arch.betas, weight_decay=arch.weight_decay)
+    scheduler = cosine_schedule(weight_opt, total_steps)
+    ctx = SearchContext(
+        supernet=supernet,
+        model=dist.wrap(supernet, device, find_unused=not _mixes_all(strategy)),
+        weight_optimizer=weight_opt,
+        arch_optimizer=arch_opt,
+        device=device,
+        amp=space.train.amp,
+        channels_last=channels_last,
+        grad_clip=recipe.grad_clip,
+        reduce_grads=dist.mean_,
+    )
+
+    start_epoch, finished, elapsed = 0, False, 0.0
+    history = run_dir / rundir.HISTORY
+    checkpoint = run_dir / rundir.CHECKPOINT
+    if resume is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, map_location=device)
+        apply_arch(supernet, Arch.model_validate(state["arch"]))
+        _prune(ctx, supernet, dist, device, strategy)
+        supernet.load_state_dict(state["model"])
+        weight_opt.load_state_dict(state["weight_optimizer"])
+        arch_opt.load_state_dict(state["arch_optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        strategy.load_state_dict(state["strategy"])
+        set_rng_state(state["rng"])
+        start_epoch, ctx.step, finished, elapsed = state["epoch"], state["step"], state["finished"], state["elapsed"]
+        if dist.is_main:
+            rundir.truncate_history(history, ctx.step)
+            console.print(f"[bold]Resuming[/] {run_dir} at epoch {start_epoch}, step {ctx.step}")
+    elif dist.is_main:
+        rundir.save_config(run_dir, space)
+
+    def snapshot() -> Arch:
+        return arch_of(supernet, backbone=space.backbone, num_classes=num_classes, space=space.name, strategy=space.strategy.name)
+
+    def save(epoch: int, done: bool) -> None:
+        if not dist.is_main:
+            return
+        save_checkpoint(
+            checkpoint,
+            {
+                "arch": snapshot().model_dump(mode="json"),
+                "model": supernet.state_dict(),
+                "weight_optimizer": weight_opt.state_dict(),
+                "arch_optimizer": arch_opt.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "strategy": strategy.state_dict(),
+                "rng": rng_state(),
+                "epoch": epoch,
+                "step": ctx.step,
+                "finished": done,
+                "elapsed": elapsed + time.perf_counter() - started,
+            },
+        )
+        snapshot().save(run_dir / "arch.json")
+
+    started = time.perf_counter()
+    stopped_early = False
+    supernet.train()
+    progress = Progress(
+        TextColumn("[bold]search[/] epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1f}% fixed {task.fields[fixed]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not (show_progress and dist.is_main),
+        transient=False,
+    )
+    n_points = len(supernet.points)
+    with progress:
+        task = progress.add_task("search", total=total_steps, completed=ctx.step, epoch=start_epoch, loss=0.0, acc=0.0, fixed=f"{n_points - len(supernet.unfixed())}/{n_points}")
+        for epoch in range(start_epoch, recipe.epochs if strategy_cls.trains_supernet and not finished else start_epoch):
+            ctx.epoch = epoch
+            ctx.arch_updates = epoch >= recipe.warmup_epochs
+            rfdata.set_epoch(loaders.weight, seed, epoch)
+            rfdata.set_epoch(loaders.meta, seed, epoch)
+            meta_batches = cycle(loaders.meta)
+            for batch in itertools.islice(loaders.weight, steps_per_epoch):
+                stats = strategy.step(ctx, batch, next(meta_batches))
+                fixings = strategy.decide(ctx)
+                if fixings:
+                    _prune(ctx, supernet, dist, device, strategy)
+                scheduler.step()
+                ctx.step += 1
+                if dist.is_main:
+                    append_jsonl(history, _record(ctx, stats, fixings, supernet, scheduler.get_last_lr()[0]))
+                fixed = f"{n_points - len(supernet.unfixed())}/{n_points}"
+                progress.update(task, advance=1, epoch=epoch, loss=stats.get("loss", 0.0), acc=stats.get("acc", 0.0), fixed=fixed)
+                if strategy.finished():
+                    stopped_early = True
+                    break
+            save(epoch + 1, False)
+            if stopped_early:
+                break
+
+    if not finished:
+        meta = cycle(loaders.meta) if loaders is not None else iter(())
+        fixings = strategy.finalize(ctx, meta)
+        if dist.is_main and fixings:
+            append_jsonl(history, _record(ctx, {}, fixings, supernet, scheduler.get_last_lr()[0], final=True))
+        save(recipe.epochs, True)
+    wall = elapsed + time.perf_counter() - started
+    result = SearchResult(run_dir, snapshot(), ctx.step, wall, stopped_early)
+    if dist.is_main:
+        rundir.write_summary(
+            run_dir,
+            {"steps": ctx.step, "budget_steps": total_steps if strategy_cls.trains_supernet else 0, "stopped_early": stopped_early, "wall_time_s": round(wall, 3), "arch": "arch.json"},
+        )
+    dist.barrier()
+    return result
+
+
+def _mixes_all(strategy: Strategy) -> bool:
+    from rfsearch.strategies.uniform import UniformSampling
+
+    return not isinstance(strategy, UniformSampling)
+
+
+def _prune(ctx: SearchContext, supernet: Supernet, dist: Dist, device: torch.device, strategy: Strategy) -> None:
+    """After fixing: drop the gone parameters from both optimizers; re-wrap DDP around the new set."""
+    prune_optimizer(ctx.weight_optimizer, supernet.weight_parameters())
+    prune_optimizer(ctx.arch_optimizer, supernet.arch_parameters())
+    ctx.model = dist.wrap(supernet, device, find_unused=not _mixes_all(strategy))
+
+
+def _record(ctx: SearchContext, stats: dict[str, float], fixings: list[Fixing], supernet: Supernet, lr: float, final: bool = False) -> dict[str, Any]:
+    return {
+        "step": ctx.step,
+        "epoch": ctx.epoch,
+        "lr": lr,
+        **{k: round(v, 5) for k, v in stats.items()},
+        "fixed": len(supernet.points) - len(supernet.unfixed()),
+        "probs": {p: [round(x, 5) for x in probs.values()] for p, probs in supernet.probabilities().items()},
+        "fixings": [{"path": f.path, "choice": f.choice, "step": f.step} for f in fixings],
+        **({"final": True} if final else {}),
+    }

@@ -1,0 +1,144 @@
+"""The supernet: a backbone whose insertion points each hold a MixedOp over their candidates."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import networkx as nx
+import torch
+from torch import Tensor, nn
+
+from rfsearch.graph.backbone import build_backbone
+from rfsearch.graph.points import InsertionPoint, discover_points, point_graph
+from rfsearch.graph.wrap import attach, attach_order, post_layers
+from rfsearch.space.schema import SpaceConfig
+
+
+class Summed(nn.ModuleDict):
+    """The unweighted sum of several ops: a point fixed to its top-2 candidates."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = None
+        for op in self.values():
+            out = op(x) if out is None else out + op(x)
+        return out
+
+
+class MixedOp(nn.Module):
+    """``Σ_k softmax(α)_k · op_k(x)`` (Eq. 1). Once fixed, only the chosen op(s) remain and run.
+
+    ``active`` routes the forward through one candidate (single-path sampling) while unfixed.
+    """
+
+    def __init__(self, candidates: dict[str, nn.Module], init_std: float = 1e-3) -> None:
+        super().__init__()
+        if not candidates:
+            raise ValueError("a mixed op needs at least one candidate")
+        self.names: tuple[str, ...] = tuple(candidates)
+        self.ops = nn.ModuleDict(candidates)
+        self.alpha = nn.Parameter(init_std * torch.randn(len(candidates)))
+        self.choice: tuple[str, ...] | None = None
+        self.fixed_step: int | None = None
+        self.fixed_probs: tuple[float, ...] | None = None
+        self.active: str | None = None
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.choice is not None
+
+    def probs(self) -> Tensor:
+        return torch.softmax(self.alpha.detach().float(), dim=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.choice is not None:
+            if len(self.choice) == 1:
+                return self.ops[self.choice[0]](x)
+            return sum(self.ops[name](x) for name in self.choice)
+        if self.active is not None:
+            return self.ops[self.active](x)
+        weights = torch.softmax(self.alpha, dim=0).to(x.dtype)
+        out = weights[0] * self.ops[self.names[0]](x)
+        for i in range(1, len(self.names)):
+            out = out + weights[i] * self.ops[self.names[i]](x)
+        return out
+
+    def fix(self, *names: str, step: int | None = None) -> None:
+        """Keep only ``names`` (one op, or several summed); drop the other candidates' parameters
+        and stop α. Records π and the step at the moment of fixing."""
+        unknown = [n for n in names if n not in self.names]
+        if not names or unknown:
+            raise ValueError(f"cannot fix to {list(names)}: candidates are {list(self.names)}")
+        if self.choice is not None and set(names) != set(self.choice):
+            raise ValueError(f"already fixed to {list(self.choice)}")
+        self.fixed_probs = tuple(self.probs().tolist())
+        self.fixed_step = step
+        self.choice = tuple(names)
+        self.ops = nn.ModuleDict({n: self.ops[n] for n in names})
+        self.alpha.requires_grad_(False)
+        self.active = None
+
+    def extra_repr(self) -> str:
+        return f"fixed={list(self.choice)}" if self.choice else f"candidates={list(self.names)}"
+
+
+class Supernet(nn.Module):
+    """The enhanced backbone plus a handle on every MixedOp, in execution order."""
+
+    def __init__(self, net: nn.Module, points: list[InsertionPoint], mixed: dict[str, MixedOp]) -> None:
+        super().__init__()
+        self.net = net
+        self.points = list(points)
+        self._mixed = mixed  # plain dict: the ops are registered once, inside ``net``
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    @property
+    def mixed_ops(self) -> dict[str, MixedOp]:
+        return dict(self._mixed)
+
+    def graph(self) -> nx.DiGraph:
+        return point_graph(self.points)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """α of the points not yet fixed: what the architecture optimizer updates."""
+        return [m.alpha for m in self._mixed.values() if not m.is_fixed]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        alphas = {id(m.alpha) for m in self._mixed.values()}
+        return [p for p in self.parameters() if id(p) not in alphas and p.requires_grad]
+
+    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        alphas = {id(m.alpha) for m in self._mixed.values()}
+        return ((n, p) for n, p in self.named_parameters() if id(p) not in alphas and p.requires_grad)
+
+    def unfixed(self) -> list[str]:
+        return [path for path, m in self._mixed.items() if not m.is_fixed]
+
+    def all_fixed(self) -> bool:
+        return not self.unfixed()
+
+    def fix(self, path: str, *names: str, step: int | None = None) -> None:
+        self._mixed[path].fix(*names, step=step)
+
+    def probabilities(self) -> dict[str, dict[str, float]]:
+        return {path: dict(zip(m.names, m.probs().tolist())) for path, m in self._mixed.items()}
+
+    def choices(self) -> dict[str, list[str] | None]:
+        return {path: list(m.choice) if m.choice else None for path, m in self._mixed.items()}
+
+
+def build_supernet(space: SpaceConfig, num_classes: int | None = None, init_std: float = 1e-3) -> Supernet:
+    """Backbone + rules → supernet. Backbone problems become config errors at ``backbone``."""
+    try:
+        net = build_backbone(space.backbone, num_classes)
+    except ValueError as err:
+        raise space.error_at(("backbone", "kwargs" if space.backbone.kwargs else "name"), str(err)) from None
+    points = discover_points(net, space)
+    mixed: dict[str, MixedOp] = {}
+    for point in points:
+        mixed[point.path] = MixedOp({c.name: c.build(point.channels) for c in point.candidates}, init_std)
+    by_path = {p.path: p for p in points}
+    for path in attach_order(list(by_path)):
+        attach(net, path, mixed[path], post_layers(by_path[path].post, by_path[path].channels))
+    return Supernet(net, points, mixed)
