@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from rfsearch.arch import Arch
+from rfsearch.errors import RfsearchError
 from rfsearch.graph.backbone import build_backbone
 from rfsearch.graph.wrap import Enhanced, attach, attach_order, post_layers
+from rfsearch.io import load_checkpoint, save_checkpoint
 from rfsearch.supernet import MixedOp, Summed, Supernet
 
 
@@ -50,3 +54,39 @@ def discretize(supernet: Supernet) -> nn.Module:
         else:
             module.enhancer = enhancer if enhancer is not None else nn.Identity()
     return net
+
+
+CHILD_KIND = "rfsearch-child"
+
+
+def child_state(arch: Arch, model: nn.Module) -> dict[str, Any]:
+    """What a child checkpoint holds at least: the arch (so it rebuilds alone) and every weight and buffer."""
+    return {"kind": CHILD_KIND, "arch": arch.model_dump(mode="json"), "model": model.state_dict()}
+
+
+def save_child(path: str | Path, arch: Arch, model: nn.Module) -> Path:
+    return save_checkpoint(path, child_state(arch, model))
+
+
+def read_child(path: str | Path) -> tuple[Arch, nn.Module]:
+    """The arch and the child of a checkpoint, in eval mode. The child is built from the arch first,
+    then the state dict (BN statistics included) is loaded strictly, so outputs match the saved model."""
+    try:
+        state = load_checkpoint(path)
+    except FileNotFoundError:
+        raise RfsearchError(f"no checkpoint at {path}") from None
+    if state.get("kind") != CHILD_KIND:
+        hint = " (a search checkpoint holds the supernet; retrain the child with `rfsearch retrain`)" if "arch" in state else ""
+        raise RfsearchError(f"{path} is not a child checkpoint{hint}")
+    arch = Arch.model_validate(state["arch"])
+    model = build_child(arch)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise RfsearchError(f"the weights in {path} do not fit the child of its own arch: {err}") from None
+    return arch, model.eval()
+
+
+def load_child(path: str | Path) -> nn.Module:
+    """A saved child (``best.pt``, ``checkpoint.pt`` of a retrain run), ready for inference."""
+    return read_child(path)[1]

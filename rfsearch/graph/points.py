@@ -103,7 +103,7 @@ def _keep(index: int | str | list[int] | None, items: list[str]) -> list[str]:
     if index is None:
         return items
     if isinstance(index, int):
-        return items[index : index + 1] if -len(items) <= index < len(items) else []
+        return [items[index]] if -len(items) <= index < len(items) else []
     if isinstance(index, list):
         return [items[i] for i in index if -len(items) <= i < len(items)]
     bounds = [int(p) if p.strip() else None for p in index.split(":")]

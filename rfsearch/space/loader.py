@@ -27,9 +27,10 @@ class SourceMap:
     def error(self, loc: Iterable[str | int], message: str) -> ConfigError:
         loc = tuple(loc)
         path = dotted(loc)
+        for key, item in self.overrides.items():  # the override set this key, or created it
+            if loc and (key[: len(loc)] == loc or loc[: len(key)] == key):
+                return ConfigError(message, file=f"--set {item}", path=path)
         for n in range(len(loc), -1, -1):
-            if loc[:n] in self.overrides:
-                return ConfigError(message, file=f"--set {self.overrides[loc[:n]]}", path=path)
             if loc[:n] in self.lines:
                 return ConfigError(message, file=self.file, path=path, line=self.lines[loc[:n]])
         return ConfigError(message, file=self.file, path=path)
@@ -68,12 +69,12 @@ def validate(model: type[BaseModel], data: Any, source: SourceMap) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise _first_error(err, source, model) from None
+        raise _first_error(err, data, source, model) from None
 
 
-def _first_error(err: ValidationError, source: SourceMap, model: type[BaseModel]) -> ConfigError:
+def _first_error(err: ValidationError, data: Any, source: SourceMap, model: type[BaseModel]) -> ConfigError:
     first = err.errors()[0]
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    loc = _data_path(first["loc"], data)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = f"unknown key '{loc[-1]}'" + _suggest(model, loc)
@@ -83,6 +84,25 @@ def _first_error(err: ValidationError, source: SourceMap, model: type[BaseModel]
     if more:
         message += f" (and {more} more error{'s' if more > 1 else ''})"
     return source.error(loc, message)
+
+
+def _data_path(loc: Loc, data: Any) -> Loc:
+    """The error's location in the user's data: pydantic adds union-member and validator tags
+    ('int', 'function-before[…]') that are not keys; keep only the steps that exist in the data."""
+    path: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif i == len(loc) - 1 and isinstance(node, dict) and not any(isinstance(p, int) for p in loc[i:]):
+            path.append(part)  # a missing or unknown key: name it
+            break
+        else:
+            continue
+        path.append(part)
+    return tuple(path)
 
 
 def _suggest(model: type[BaseModel], loc: Loc) -> str:

@@ -66,6 +66,11 @@ def sgd(params: Iterable[nn.Parameter], cfg: WeightOptimizer) -> torch.optim.SGD
     )
 
 
+def epoch_steps(loader: Any, cap: int | None) -> int:
+    """Steps in one epoch: a full pass over the loader, or ``cap`` if that is shorter."""
+    return len(loader) if cap is None else min(cap, len(loader))
+
+
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up, then cosine decay to zero over the whole budget, stepped every iteration."""
 
@@ -145,6 +150,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    """Generator states must be CPU byte tensors, whatever device the checkpoint was mapped to."""
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

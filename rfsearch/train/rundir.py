@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -15,6 +16,9 @@ from rfsearch.space.schema import SpaceConfig
 CONFIG = "config.yaml"
 HISTORY = "history.jsonl"
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+METRICS = "metrics.json"
+REPORT = "report.json"
 
 
 def new_run_dir(kind: str, name: str, out: str | Path | None) -> Path:
@@ -31,12 +35,13 @@ def save_config(run_dir: Path, space: SpaceConfig) -> None:
     write_text(run_dir / CONFIG, yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False))
 
 
-def load_run_config(run_dir: Path) -> SpaceConfig:
+def load_run_config(run_dir: Path, overrides: Iterable[str] = ()) -> SpaceConfig:
+    """The config a run saved, with ``--set`` overrides applied on top (a retrain of a search run)."""
     from rfsearch.space.loader import load_space
 
     if not (run_dir / CONFIG).exists():
         raise RfsearchError(f"{run_dir} is not a run directory (no {CONFIG})")
-    return load_space(run_dir / CONFIG)
+    return load_space(run_dir / CONFIG, overrides)
 
 
 def truncate_history(path: Path, last_step: int) -> None:

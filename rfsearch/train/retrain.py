@@ -1,0 +1,213 @@
+"""Retrain a child from scratch with ``train.retrain``: top-1/top-5 every epoch, best and last
+checkpoints, resumable. One loop for the CLI and for every ablation row."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from rfsearch import data as rfdata
+from rfsearch.arch import Arch
+from rfsearch.console import console
+from rfsearch.discretize import build_child, child_state, save_child
+from rfsearch.distributed import init_distributed
+from rfsearch.errors import RfsearchError
+from rfsearch.io import append_jsonl, load_checkpoint, save_checkpoint, write_json
+from rfsearch.report import child_report
+from rfsearch.space.schema import SpaceConfig
+from rfsearch.train import rundir
+from rfsearch.train.engine import (
+    autocast,
+    cosine_schedule,
+    epoch_steps,
+    evaluate,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    sgd,
+    to_device,
+)
+
+
+@dataclass
+class RetrainResult:
+    run_dir: Path
+    arch: Arch
+    history: list[dict[str, Any]]  # one record per finished epoch
+    best: dict[str, Any]  # epoch, top1, top5 of the best validation top-1
+    report: dict[str, Any]  # params and MACs of the child against its backbone (report.json)
+    wall_time_s: float
+    finished: bool
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+    def metrics(self) -> dict[str, Any]:
+        """The content of ``metrics.json``."""
+        return {
+            "finished": self.finished,
+            "epochs": len(self.history),
+            "final": {k: self.final.get(k) for k in ("epoch", "top1", "top5", "val_loss")},
+            "best": self.best,
+            "params": self.report["child"]["params"],
+            "macs": self.report["child"]["macs"],
+            "backbone_params": self.report["backbone"]["params"],
+            "backbone_macs": self.report["backbone"]["macs"],
+            "input_size": self.report["input_size"],
+            "wall_time_s": round(self.wall_time_s, 3),
+            "per_epoch": self.history,
+        }
+
+
+def fit_classifier(arch: Arch, space: SpaceConfig) -> Arch:
+    """The arch with its classifier sized for the retraining data (unless the backbone's kwargs fix
+    it), so an arch searched on one dataset retrains on another."""
+    num_classes = arch.backbone.kwargs.get("num_classes") or rfdata.num_classes(space.data)
+    return arch if num_classes == arch.num_classes else arch.model_copy(update={"num_classes": num_classes})
+
+
+def run_retrain(
+    space: SpaceConfig,
+    arch: Arch,
+    out: str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    epochs: int | None = None,
+    show_progress: bool = True,
+) -> RetrainResult:
+    """Train the child of ``arch`` from scratch on ``space.data`` with ``space.train.retrain`` into a
+    run directory (or continue the one in ``resume``). ``epochs`` overrides the recipe's."""
+    if epochs is not None:
+        space = space.model_copy(deep=True)
+        space.train.retrain.epochs = epochs
+    recipe = space.train.retrain
+    dist, device_name = init_distributed(space.train.device)
+    device = resolve_device(device_name)
+    arch = fit_classifier(arch, space)
+    name = arch.space or space.name
+    run_dir = Path(resume) if resume is not None else rundir.new_run_dir("retrain", name, out) if dist.is_main else Path(out or ".")
+    seed = space.train.seed
+    seed_everything(seed, space.train.deterministic)
+
+    child = build_child(arch)
+    report = child_report(arch)
+    channels_last = space.train.channels_last and device.type == "cuda"
+    child.to(device, memory_format=torch.channels_last) if channels_last else child.to(device)
+    if space.train.sync_bn and dist.enabled:
+        child = nn.SyncBatchNorm.convert_sync_batchnorm(child)
+    loaders = rfdata.build_train_loaders(space.data, batch_size=recipe.batch_size, seed=seed, device=device, distributed=dist.enabled)
+    steps_per_epoch = epoch_steps(loaders.train, recipe.steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise RfsearchError(f"the training split holds less than one batch of {recipe.batch_size}: lower train.retrain.batch_size")
+    optimizer = sgd(child.parameters(), recipe.optimizer)
+    scheduler = cosine_schedule(optimizer, recipe.epochs * steps_per_epoch, recipe.warmup_epochs * steps_per_epoch)
+    model = dist.wrap(child, device)
+
+    start_epoch, step, elapsed = 0, 0, 0.0
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": None, "top1": None, "top5": None}
+    history_path, checkpoint = run_dir / rundir.HISTORY, run_dir / rundir.CHECKPOINT
+    if resume is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint)
+        saved = Arch.model_validate(state["arch"])
+        if saved.choices() != arch.choices() or saved.backbone != arch.backbone:
+            raise RfsearchError(f"{checkpoint} holds another architecture than the one given to resume it")
+        child.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch, step, elapsed, history, best = state["epoch"], state["step"], state["elapsed"], state["history"], state["best"]
+        if dist.is_main:
+            console.print(f"[bold]Resuming[/] {run_dir} at epoch {start_epoch}/{recipe.epochs}")
+    if dist.is_main:
+        if resume is None:
+            rundir.save_config(run_dir, space)
+            arch.save(run_dir / "arch.json")
+            write_json(run_dir / rundir.REPORT, report)
+        rundir.truncate_history(history_path, step)
+
+    started = time.perf_counter()
+
+    def result() -> RetrainResult:
+        return RetrainResult(run_dir, arch, history, best, report, elapsed + time.perf_counter() - started, len(history) == recipe.epochs)
+
+    label_smoothing = recipe.label_smoothing
+    progress = Progress(
+        TextColumn("[bold]retrain[/] epoch {task.fields[epoch]}/" + str(recipe.epochs)),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} · val top-1 {task.fields[top1]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not (show_progress and dist.is_main),
+    )
+    with progress:
+        task = progress.add_task("retrain", total=recipe.epochs * steps_per_epoch, completed=step, epoch=start_epoch + 1, loss=0.0, top1="-")
+        for epoch in range(start_epoch, recipe.epochs):
+            rfdata.set_epoch(loaders.train, seed, epoch)
+            child.train()
+            sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
+            for batch in itertools.islice(loaders.train, steps_per_epoch):
+                x, y = to_device(batch, device, channels_last)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(device, space.train.amp):
+                    logits = model(x)
+                loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                loss.backward()
+                if recipe.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(child.parameters(), recipe.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                sums += torch.stack([loss.detach().double() * y.numel(), (logits.argmax(1) == y).sum().double(), torch.tensor(y.numel(), dtype=torch.float64, device=device)])
+                progress.update(task, advance=1, epoch=epoch + 1, loss=loss.item())
+            dist.sum_(sums)
+            val = evaluate(child, loaders.val, device, amp=space.train.amp, channels_last=channels_last, reduce=dist.sum_)
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": scheduler.get_last_lr()[0],
+                "train_loss": round(sums[0].item() / sums[2].item(), 5),
+                "train_acc": round(100 * sums[1].item() / sums[2].item(), 3),
+                "val_loss": round(val["loss"], 5),
+                "top1": round(val["top1"], 3),
+                "top5": round(val["top5"], 3),
+            }
+            history.append(record)
+            improved = best["top1"] is None or record["top1"] > best["top1"]
+            if improved:
+                best = {"epoch": record["epoch"], "top1": record["top1"], "top5": record["top5"]}
+            progress.update(task, top1=f"{record['top1']:.2f}% (best {best['top1']:.2f}%)")
+            if dist.is_main:
+                append_jsonl(history_path, record)
+                if improved:
+                    save_child(run_dir / rundir.BEST, arch, child)
+                save_checkpoint(
+                    checkpoint,
+                    {
+                        **child_state(arch, child),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng": rng_state(),
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "elapsed": elapsed + time.perf_counter() - started,
+                        "history": history,
+                        "best": best,
+                    },
+                )
+                write_json(run_dir / rundir.METRICS, result().metrics())
+    done = result()
+    if dist.is_main:
+        write_json(run_dir / rundir.METRICS, done.metrics())
+    dist.barrier()
+    return done
