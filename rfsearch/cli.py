@@ -25,12 +25,15 @@ SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="ove
 OutOption = Annotated[Optional[Path], typer.Option("--out", "-o", help="run directory (default: runs/<kind>-<space>-<time>)")]
 
 
+def _sets(overrides: list[str] | None, extra: dict[str, object] | None) -> list[str]:
+    """``--set`` items plus the dedicated flags (``--seed`` …) that were given, as overrides."""
+    return list(overrides or []) + [f"{k}={json.dumps(v)}" for k, v in (extra or {}).items() if v is not None]
+
+
 def _load(space_file: Path, overrides: list[str] | None, extra: dict[str, object] | None = None):
     from rfsearch.space.loader import load_space
 
-    sets = list(overrides or [])
-    sets += [f"{k}={json.dumps(v)}" for k, v in (extra or {}).items() if v is not None]
-    return load_space(space_file, sets)
+    return load_space(space_file, _sets(overrides, extra))
 
 
 @app.command()
@@ -107,6 +110,113 @@ def _print_arch(arch) -> None:
             str(p.index), p.path, str(p.channels), f"{p.height}×{p.width}", " + ".join(names) or "-", f"{pi:.3f}" if pi is not None else "-", "-" if p.fixed_step is None else str(p.fixed_step)
         )
     console.print(table)
+
+
+ArchSource = Annotated[Path, typer.Argument(help="run directory or arch.json")]
+
+
+def _arch_config(source: Path, space_file: Path | None, overrides: list[str] | None, extra: dict[str, object]):
+    """The data and train sections for an arch: ``--space`` if given, else the config.yaml of the
+    run the arch comes from."""
+    from rfsearch.train.rundir import CONFIG, load_run_config
+
+    if space_file is not None:
+        return _load(space_file, overrides, extra)
+    run_dir = source if source.is_dir() else source.parent
+    if not (run_dir / CONFIG).exists():
+        raise RfsearchError(f"no {CONFIG} next to {source}: give --space SPACE.yaml for the data and train sections")
+    return load_run_config(run_dir, _sets(overrides, extra))
+
+
+@app.command()
+def retrain(
+    source: Annotated[Optional[Path], typer.Argument(help="search run directory or arch.json (optional with --resume)")] = None,
+    space_file: Annotated[Optional[Path], typer.Option("--space", help="space YAML for data and training when SOURCE has no config.yaml")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="retrain epochs (train.retrain.epochs)")] = None,
+    out: OutOption = None,
+    overrides: SetOption = None,
+    resume: Annotated[Optional[Path], typer.Option(help="continue the interrupted retrain in this run directory")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed (train.seed)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 (train.device)")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Train the child of an architecture from scratch (train.retrain); writes best.pt, checkpoint.pt,
+    metrics.json and report.json into the run directory."""
+    from rfsearch.arch import Arch
+    from rfsearch.train.retrain import run_retrain
+    from rfsearch.train.rundir import load_run_config
+
+    extra: dict[str, object] = {"train.retrain.epochs": epochs, "train.seed": seed, "train.device": device}
+    if resume is not None:
+        if source is not None or space_file is not None or overrides or any(v is not None for v in extra.values()):
+            raise RfsearchError("--resume continues a run with its saved config and arch; SOURCE, --space, --set, --epochs, --seed and --device do not apply")
+        space, arch = load_run_config(resume), Arch.load(resume)
+    elif source is None:
+        raise RfsearchError("give a search run directory or an arch.json, or --resume RUN_DIR")
+    else:
+        arch = Arch.load(source)
+        space = _arch_config(source, space_file, overrides, extra)
+    result = run_retrain(space, arch, out, resume=resume, show_progress=not quiet)
+    _print_report(result.report)
+    final, best = result.final, result.best
+    console.print(
+        f"[bold green]done[/] {len(result.history)} epochs in {result.wall_time_s:.1f}s: final top-1 {final.get('top1', 0):.2f}% top-5 {final.get('top5', 0):.2f}%, "
+        f"best top-1 {best['top1'] or 0:.2f}% (epoch {best['epoch']}) → {result.run_dir}"
+    )
+
+
+@app.command()
+def export(
+    source: ArchSource,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript")] = "onnx",
+    weights: Annotated[Optional[Path], typer.Option(help="child checkpoint (default: the run's best.pt)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output file (default: child.<format> next to the arch)")] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="input resolution (default: the arch's)")] = None,
+) -> None:
+    """Write the child as ONNX or TorchScript, then run the file and compare it with PyTorch."""
+    from rfsearch.export import child_for_export, default_path, export_child
+
+    path = out or default_path(source if source.is_dir() else source.parent, fmt)
+    arch, model, used = child_for_export(source, weights)
+    if used is None:
+        console.print(f"[bold yellow]warning:[/] no --weights and no trained child next to {source}: exporting a randomly initialised child")
+    result = export_child(model, path, fmt, input_size=input_size or arch.backbone.input_size, in_channels=arch.backbone.in_channels)
+    runner = "onnxruntime" if fmt == "onnx" else "torch.jit.load"
+    console.print(f"[bold green]exported[/] {result.path} (weights: {used or 'random init'}); max |Δ| vs PyTorch in {runner}: {result.max_abs_diff:.2e}")
+
+
+@app.command()
+def report(
+    source: ArchSource,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Params and MACs of the child against its backbone, and the op chosen at every point."""
+    from rfsearch.arch import Arch
+    from rfsearch.report import child_report
+
+    facts = child_report(Arch.load(source))
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    _print_report(facts)
+
+
+def _print_report(facts: dict) -> None:
+    from rfsearch.report import human
+
+    table = Table(title=f"child of {facts['space'] or 'the arch'} ({facts['strategy'] or 'fixed'}): {len(facts['points'])} points on {facts['backbone_name']}")
+    for column in ("#", "module", "channels", "size", "choice", "params", "MACs"):
+        table.add_column(column, justify="right" if column in ("channels", "params", "MACs") else "left")
+    for p in facts["points"]:
+        table.add_row(str(p["index"]), p["path"], str(p["channels"]), f"{p['height']}×{p['width']}", " + ".join(p["choice"]), f"{p['params']:,}", human(p["macs"]))
+    console.print(table)
+    costs = Table(title=f"size and cost at {facts['input_size']}×{facts['input_size']} (classifier: {facts['num_classes'] or 'backbone default'})")
+    for column in ("network", "params", "MACs"):
+        costs.add_column(column, justify="right" if column != "network" else "left")
+    for key in ("backbone", "child", "added"):
+        sign = "+" if key == "added" else ""
+        costs.add_row(key, f"{sign}{facts[key]['params']:,}", sign + human(facts[key]["macs"]))
+    console.print(costs)
 
 
 def main() -> None:

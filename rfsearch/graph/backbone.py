@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from rfsearch.graph.points import device_of
 from rfsearch.imports import import_object, is_import_path
 from rfsearch.space.schema import BackboneConfig
 
@@ -58,7 +59,7 @@ def limit_downsampling(model: nn.Module, input_size: int, in_channels: int, max_
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, in_channels, input_size, input_size))
+            model(torch.zeros(1, in_channels, input_size, input_size, device=device_of(model)))
     finally:
         model.train(was_training)
         for handle in handles:

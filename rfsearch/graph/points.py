@@ -91,12 +91,18 @@ def trace_outputs(model: nn.Module, paths: list[str], input_size: int, in_channe
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, in_channels, input_size, input_size))
+            model(torch.zeros(1, in_channels, input_size, input_size, device=device_of(model)))
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
     return outputs
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Trace where the model lives: a model built under ``torch.device("meta")`` traces shapes only."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _keep(index: int | str | list[int] | None, items: list[str]) -> list[str]:

@@ -116,7 +116,8 @@ def run_retrain(
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "top1": None, "top5": None}
     history_path, checkpoint = run_dir / rundir.HISTORY, run_dir / rundir.CHECKPOINT
-    if resume is not None and checkpoint.exists():
+    resumed = resume is not None and checkpoint.exists()
+    if resumed:
         state = load_checkpoint(checkpoint)
         saved = Arch.model_validate(state["arch"])
         if saved.choices() != arch.choices() or saved.backbone != arch.backbone:
@@ -129,7 +130,7 @@ def run_retrain(
         if dist.is_main:
             console.print(f"[bold]Resuming[/] {run_dir} at epoch {start_epoch}/{recipe.epochs}")
     if dist.is_main:
-        if resume is None:
+        if not resumed:
             rundir.save_config(run_dir, space)
             arch.save(run_dir / "arch.json")
             write_json(run_dir / rundir.REPORT, report)
@@ -187,6 +188,10 @@ def run_retrain(
             if improved:
                 best = {"epoch": record["epoch"], "top1": record["top1"], "top5": record["top5"]}
             progress.update(task, top1=f"{record['top1']:.2f}% (best {best['top1']:.2f}%)")
+            if show_progress and dist.is_main:
+                progress.console.print(
+                    f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} · val top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}%"
+                )
             if dist.is_main:
                 append_jsonl(history_path, record)
                 if improved:

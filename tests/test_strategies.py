@@ -1,0 +1,158 @@
+"""PMPL's step, its fixing rule, and what fixing removes; on a small real model and real tensors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from rfsearch.search.context import SearchContext
+from rfsearch.space.schema import SpaceConfig, WeightOptimizer
+from rfsearch.strategies.pmpl import PMPL, PMPLOptions, decision
+from rfsearch.supernet import Supernet, build_supernet
+from rfsearch.train.engine import prune_optimizer, sgd
+
+CANDIDATES = ["skip", {"avgpool": {"k": [3, 5, 7]}}, {"maxpool": {"k": [3]}}, "global"]
+
+
+def tiny_supernet(seed: int = 0) -> Supernet:
+    space = SpaceConfig.model_validate(
+        {
+            "backbone": {"name": "examples.custom_backbone:TinyNet", "input_size": 16, "kwargs": {"width": 8, "num_classes": 3}},
+            "candidates": CANDIDATES,
+            "insert": [{"modules": "blocks.*.depthwise"}],
+        }
+    )
+    torch.manual_seed(seed)
+    net = build_supernet(space, init_std=0.5)  # visibly different α per candidate
+    return net
+
+
+def batches(seed: int = 1) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    train = (torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 3, (8,), generator=g))
+    meta = (torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 3, (8,), generator=g))
+    return train, meta
+
+
+def context(net: Supernet, lr: float = 0.1) -> SearchContext:
+    weights = torch.optim.SGD(net.weight_parameters(), lr=lr)  # plain SGD: θ′ and θ use the same ζ
+    arch = torch.optim.SGD(net.arch_parameters(), lr=1.0)  # α_new = α − ∇α: the gradient shows as is
+    return SearchContext(supernet=net, model=net, weight_optimizer=weights, arch_optimizer=arch, device=torch.device("cpu"))
+
+
+def hand_meta_gradient(net: Supernet, train, meta, lr: float, lookahead: bool) -> list[torch.Tensor]:
+    """First-order MAML by hand: g = ∇θ L_train; θ′ = θ − ζ g; ∇α L_meta(θ′, α)."""
+    net = copy.deepcopy(net)
+    names = [n for n, _ in net.named_weight_parameters()]
+    params = [p for _, p in net.named_weight_parameters()]
+    loss = torch.nn.functional.cross_entropy(net(train[0]), train[1])
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    theta = {n: (p - lr * g if (lookahead and g is not None) else p).detach() for n, p, g in zip(names, params, grads)}
+    meta_loss = torch.nn.functional.cross_entropy(functional_call(net, theta, (meta[0],), strict=False), meta[1])
+    return list(torch.autograd.grad(meta_loss, net.arch_parameters()))
+
+
+@pytest.mark.parametrize("lookahead", [True, False])
+def test_alpha_update_is_first_order_maml(lookahead: bool) -> None:
+    train, meta = batches()
+    net = tiny_supernet()
+    alpha_before = [a.detach().clone() for a in net.arch_parameters()]
+    expected = hand_meta_gradient(net, train, meta, lr=0.1, lookahead=lookahead)
+    strategy = PMPL(PMPLOptions(lookahead=lookahead, rho=None), net, seed=0)
+    strategy.step(context(net), train, meta)
+    for before, grad, alpha in zip(alpha_before, expected, net.arch_parameters()):
+        torch.testing.assert_close(alpha.detach(), before - grad, rtol=1e-4, atol=1e-6)
+
+
+def test_lookahead_changes_the_update() -> None:
+    train, meta = batches()
+    results = []
+    for lookahead in (True, False):
+        net = tiny_supernet()
+        PMPL(PMPLOptions(lookahead=lookahead), net, seed=0).step(context(net, lr=0.5), train, meta)
+        results.append(torch.cat([a.detach() for a in net.arch_parameters()]))
+    assert not torch.allclose(results[0], results[1], atol=1e-5)
+
+
+def test_weight_step_uses_the_training_gradient_only() -> None:
+    """The meta batch moves α, never θ: θ after the step is θ − ζ ∇θ L_train(θ, α_old)."""
+    train, meta = batches()
+    net = tiny_supernet()
+    ref = copy.deepcopy(net)
+    loss = torch.nn.functional.cross_entropy(ref(train[0]), train[1])
+    grads = torch.autograd.grad(loss, ref.weight_parameters(), allow_unused=True)
+    PMPL(PMPLOptions(), net, seed=0).step(context(net, lr=0.1), train, meta)
+    for p, r, g in zip(net.weight_parameters(), ref.weight_parameters(), grads):
+        torch.testing.assert_close(p.detach(), r.detach() - 0.1 * g if g is not None else r.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_decision_is_the_true_argmax() -> None:
+    """The reference code indexed the candidates with the comparison's boolean: every fixed point
+    became candidate 1. A point whose α favours avgpool7 must get avgpool7."""
+    net = tiny_supernet()
+    path = next(iter(net.mixed_ops))
+    mixed = net.mixed_ops[path]
+    target = mixed.names.index("avgpool7")
+    assert target not in (0, 1)
+    with torch.no_grad():
+        mixed.alpha.zero_()
+        mixed.alpha[target] = 2.0
+    assert decision(mixed.probs(), 0.2) == target
+    strategy = PMPL(PMPLOptions(rho=0.2), net, seed=0)
+    ctx = context(net)
+    fixings = strategy.decide(ctx)
+    assert [(f.path, f.choice) for f in fixings] == [(path, ["avgpool7"])]
+    assert mixed.choice == ("avgpool7",) and mixed.fixed_probs[target] == pytest.approx(mixed.probs()[target].item())
+
+
+def test_no_decision_below_rho_and_none_without_rho() -> None:
+    probs = torch.tensor([0.30, 0.25, 0.45])
+    assert decision(probs, 0.2) is None
+    assert decision(probs, 0.1) == 2
+    net = tiny_supernet()
+    with torch.no_grad():
+        next(iter(net.mixed_ops.values())).alpha[0] = 10.0
+    assert PMPL(PMPLOptions(rho=None), net, seed=0).decide(context(net)) == []
+
+
+def test_fixing_removes_unused_parameters_from_model_and_optimizers() -> None:
+    train, meta = batches()
+    net = tiny_supernet()
+    weight_opt = sgd(net.weight_parameters(), WeightOptimizer(lr=0.1, momentum=0.9))
+    arch_opt = torch.optim.Adam(net.arch_parameters(), lr=1e-3)
+    ctx = SearchContext(supernet=net, model=net, weight_optimizer=weight_opt, arch_optimizer=arch_opt, device=torch.device("cpu"))
+    strategy = PMPL(PMPLOptions(rho=None), net, seed=0)
+    for _ in range(2):
+        strategy.step(ctx, train, meta)  # momentum and Adam state exist for every parameter
+    path = next(iter(net.mixed_ops))
+    mixed = net.mixed_ops[path]
+    gone = {id(p) for p in mixed.ops["global"].parameters()}
+    alpha = mixed.alpha
+    assert gone and all(any(id(p) in gone for p in g["params"]) for g in weight_opt.param_groups[:1])
+    net.fix(path, "maxpool3")
+    prune_optimizer(weight_opt, net.weight_parameters())
+    prune_optimizer(arch_opt, net.arch_parameters())
+    assert not gone & {id(p) for p in net.parameters()}
+    assert not gone & {id(p) for g in weight_opt.param_groups for p in g["params"]}
+    assert not gone & {id(p) for p in weight_opt.state}
+    assert all(p is not alpha for g in arch_opt.param_groups for p in g["params"]) and alpha not in arch_opt.state
+    assert list(mixed.ops) == ["maxpool3"] and not alpha.requires_grad
+    strategy.step(ctx, train, meta)  # the pruned optimizers keep working
+    x = torch.randn(1, 8, 16, 16)
+    torch.testing.assert_close(mixed(x), torch.nn.functional.max_pool2d(x, 3, 1, 1))
+
+
+def test_finalize_fixes_every_open_point_to_argmax_or_top2() -> None:
+    for fallback, size in (("argmax", 1), ("top2", 2)):
+        net = tiny_supernet()
+        strategy = PMPL(PMPLOptions(fallback=fallback), net, seed=0)
+        fixings = strategy.finalize(context(net), iter(()))
+        assert net.all_fixed() and len(fixings) == len(net.points)
+        for f in fixings:
+            mixed = net.mixed_ops[f.path]
+            assert len(f.choice) == size
+            assert f.choice[0] == max(f.probs, key=f.probs.get)
+        assert net(torch.randn(2, 3, 16, 16)).shape == (2, 3)
