@@ -1,0 +1,100 @@
+"""The search loop end to end on the embedded dataset at a tiny size: arch file, history,
+determinism of ``random``, kill-and-resume equivalence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from rfsearch import Arch, build_child, load_space, run_search
+from rfsearch.io import load_checkpoint, read_jsonl
+
+TINY = [
+    "backbone.input_size=16",
+    "backbone.kwargs.width=8",
+    "data.embedded.image_size=16",
+    "data.embedded.train_size=96",
+    "data.embedded.test_size=32",
+    "train.search.batch_size=16",
+    "train.search.arch_optimizer.lr=0.05",
+]
+
+
+def tiny_space(*extra: str):
+    return load_space("spaces/custom_backbone.yaml", [*TINY, *extra])
+
+
+def test_search_writes_a_complete_self_contained_arch(tmp_path: Path) -> None:
+    result = run_search(tiny_space("train.search.epochs=2"), tmp_path / "run", show_progress=False)
+    run = tmp_path / "run"
+    assert {"config.yaml", "arch.json", "history.jsonl", "checkpoint.pt", "summary.json"} <= {p.name for p in run.iterdir()}
+    arch = Arch.load(run)
+    assert arch.complete and arch == result.arch
+    assert arch.backbone.name == "examples.custom_backbone:TinyNet" and arch.num_classes is not None
+    for point in arch.points:
+        assert point.choice_names[0] in point.candidates
+        assert abs(sum(point.probs.values()) - 1) < 1e-4
+    history = read_jsonl(run / "history.jsonl")
+    assert [r["step"] for r in history if "final" not in r] == list(range(1, result.steps + 1))
+    assert all(len(r["probs"]) == len(arch.points) for r in history)
+    child = build_child(arch)  # from the file alone
+    assert child(torch.randn(2, 3, 16, 16)).shape == (2, arch.num_classes)
+
+
+def test_random_is_a_function_of_the_seed(tmp_path: Path) -> None:
+    choices = []
+    for i, seed in enumerate((3, 3, 4)):
+        result = run_search(tiny_space("strategy.name=random", f"train.seed={seed}"), tmp_path / f"r{i}", show_progress=False)
+        assert result.steps == 0
+        choices.append(result.arch.choices())
+    assert choices[0] == choices[1]
+    assert choices[0] != choices[2]
+
+
+def _search_cli(out: Path, *extra: str) -> list[str]:
+    sets = [arg for s in [*TINY, "train.search.epochs=4", "strategy.rho=null", *extra] for arg in ("--set", s)]
+    return [sys.executable, "-m", "rfsearch", "search", "spaces/custom_backbone.yaml", "--out", str(out), "--quiet", *sets]
+
+
+def test_killed_search_resumes_to_the_same_arch_and_alpha(tmp_path: Path) -> None:
+    """A real SIGKILL after the first epoch's checkpoint, then --resume: same α, same arch as an
+    uninterrupted run with the same seed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = tmp_path / "full"
+    subprocess.run(_search_cli(full), check=True, env=env, timeout=600, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_search_cli(killed, "train.search.epochs=4"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = killed / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists() and load_checkpoint(checkpoint)["epoch"] >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the search ended before it could be killed: make the budget larger"
+    interrupted_at = load_checkpoint(checkpoint)["epoch"]
+    assert 1 <= interrupted_at < 4
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "rfsearch", "search", "--resume", str(killed), "--quiet"], env=env, timeout=600, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming {killed} at epoch {interrupted_at}" in resumed.stdout.replace("\n", " ")
+
+    a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(checkpoint)
+    alphas = [k for k in a["model"] if k.endswith(".alpha")]
+    assert alphas
+    for key in alphas:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    assert json.loads((full / "arch.json").read_text()) == json.loads((killed / "arch.json").read_text())
+    steps = [r["step"] for r in read_jsonl(killed / "history.jsonl") if "final" not in r]
+    assert steps == sorted(set(steps)), "history repeats steps after the resume"
