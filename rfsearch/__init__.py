@@ -5,14 +5,17 @@ strategy) → ``Arch`` → ``build_child`` → retrain / export.
 """
 
 from rfsearch.arch import Arch
-from rfsearch.discretize import build_child, discretize
+from rfsearch.discretize import build_child, discretize, load_child
 from rfsearch.errors import ConfigError, RfsearchError
+from rfsearch.export import export_child
 from rfsearch.ops import Candidate, register_op
+from rfsearch.report import child_report
 from rfsearch.search.loop import SearchResult, run_search
 from rfsearch.space import SpaceConfig, load_space
 from rfsearch.strategies import Fixing, Strategy, register_strategy
 from rfsearch.summary import describe_space
 from rfsearch.supernet import MixedOp, Supernet, build_supernet
+from rfsearch.train.retrain import RetrainResult, run_retrain
 
 __version__ = "0.1.0"
 
@@ -22,6 +25,7 @@ __all__ = [
     "ConfigError",
     "Fixing",
     "MixedOp",
+    "RetrainResult",
     "RfsearchError",
     "SearchResult",
     "SpaceConfig",
@@ -29,10 +33,14 @@ __all__ = [
     "Supernet",
     "build_child",
     "build_supernet",
+    "child_report",
     "describe_space",
     "discretize",
+    "export_child",
+    "load_child",
     "load_space",
     "register_op",
     "register_strategy",
+    "run_retrain",
     "run_search",
 ]

@@ -10,24 +10,16 @@ from rfsearch.arch import Arch, fixed_arch
 from rfsearch.discretize import build_child
 from rfsearch.graph.backbone import build_backbone
 from rfsearch.graph.points import InsertionPoint
-from rfsearch.report import cost
+from rfsearch.report import cost, count_params, macs_of
 from rfsearch.space.schema import SpaceConfig
 from rfsearch.supernet import build_supernet
 
 
-@torch.no_grad()
 def _op_cost(point: InsertionPoint) -> dict[str, tuple[int, int]]:
     """(params, MACs) of each candidate at this point's shape: the child-size ranking."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    out = {}
     x = torch.zeros(1, point.channels, point.height, point.width)
-    for cand in point.candidates:
-        op = cand.build(point.channels).eval()
-        with FlopCounterMode(display=False) as counter:
-            op(x)
-        out[cand.name] = (sum(p.numel() for p in op.parameters()), counter.get_total_flops() // 2)
-    return out
+    ops = {cand.name: cand.build(point.channels) for cand in point.candidates}
+    return {name: (count_params(op), macs_of(op, x)) for name, op in ops.items()}
 
 
 def describe_space(space: SpaceConfig, num_classes: int | None = None) -> dict[str, Any]:

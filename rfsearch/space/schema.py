@@ -219,6 +219,13 @@ class SpaceConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     _source: Any = PrivateAttr(default=None)  # the loader's SourceMap: file and line of every key
 
+    @model_validator(mode="after")
+    def _data_follows_the_model(self) -> SpaceConfig:
+        """The data is served at the resolution the backbone is traced and costed at."""
+        if self.data.resolution is None:
+            self.data.resolution = self.backbone.input_size
+        return self
+
     def error_at(self, loc: tuple[str | int, ...], message: str) -> ConfigError:
         """A ConfigError at a key of this space, with file and line when it was loaded from YAML."""
         if self._source is not None:

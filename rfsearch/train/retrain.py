@@ -106,8 +106,6 @@ def run_retrain(
         child = nn.SyncBatchNorm.convert_sync_batchnorm(child)
     loaders = rfdata.build_train_loaders(space.data, batch_size=recipe.batch_size, seed=seed, device=device, distributed=dist.enabled)
     steps_per_epoch = epoch_steps(loaders.train, recipe.steps_per_epoch)
-    if steps_per_epoch == 0:
-        raise RfsearchError(f"the training split holds less than one batch of {recipe.batch_size}: lower train.retrain.batch_size")
     optimizer = sgd(child.parameters(), recipe.optimizer)
     scheduler = cosine_schedule(optimizer, recipe.epochs * steps_per_epoch, recipe.warmup_epochs * steps_per_epoch)
     model = dist.wrap(child, device)
@@ -141,7 +139,6 @@ def run_retrain(
     def result() -> RetrainResult:
         return RetrainResult(run_dir, arch, history, best, report, elapsed + time.perf_counter() - started, len(history) == recipe.epochs)
 
-    label_smoothing = recipe.label_smoothing
     progress = Progress(
         TextColumn("[bold]retrain[/] epoch {task.fields[epoch]}/" + str(recipe.epochs)),
         BarColumn(),
@@ -162,14 +159,16 @@ def run_retrain(
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device, space.train.amp):
                     logits = model(x)
-                loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
                 loss.backward()
                 if recipe.grad_clip is not None:
                     nn.utils.clip_grad_norm_(child.parameters(), recipe.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                sums += torch.stack([loss.detach().double() * y.numel(), (logits.argmax(1) == y).sum().double(), torch.tensor(y.numel(), dtype=torch.float64, device=device)])
+                sums[0] += loss.detach() * y.numel()
+                sums[1] += (logits.argmax(1) == y).sum()
+                sums[2] += y.numel()
                 progress.update(task, advance=1, epoch=epoch + 1, loss=loss.item())
             dist.sum_(sums)
             val = evaluate(child, loaders.val, device, amp=space.train.amp, channels_last=channels_last, reduce=dist.sum_)

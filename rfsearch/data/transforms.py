@@ -1,0 +1,98 @@
+"""Per-dataset train and eval transforms; all end in a normalised float32 CHW tensor.
+
+CIFAR and ImageFolder go through torchvision's v2 transforms on PIL images (the usual recipes).
+The embedded dataset is already a uint8 tensor in memory: its transforms are a few tensor ops
+per sample, so loading costs nothing next to the model, and none of them can cut a dot away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+Transform = Callable[..., torch.Tensor]
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+EVAL_CROP_RATIO = 0.875  # ImageNet eval: resize the short side to res / 0.875, then centre-crop res
+
+
+def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+
+def cifar_transforms(resolution: int, augment: bool, mean: Sequence[float], std: Sequence[float]) -> tuple[Transform, Transform]:
+    """(train, eval): random crop with padding res/8 (4 px at 32) and horizontal flip; eval only resizes."""
+    resize = [] if resolution == 32 else [v2.Resize(resolution, antialias=True)]
+    tail = _to_normalised_tensor(mean, std)
+    evaluate = v2.Compose([*resize, *tail])
+    if not augment:
+        return evaluate, evaluate
+    train = v2.Compose([*resize, v2.RandomCrop(resolution, padding=resolution // 8), v2.RandomHorizontalFlip(), *tail])
+    return train, evaluate
+
+
+def imagefolder_transforms(resolution: int, augment: bool) -> tuple[Transform, Transform]:
+    """(train, eval) of the MobileNetV2 recipe: RandomResizedCrop + flip; Resize(res/0.875) + CenterCrop."""
+    tail = _to_normalised_tensor(IMAGENET_MEAN, IMAGENET_STD)
+    evaluate = v2.Compose([v2.Resize(round(resolution / EVAL_CROP_RATIO), antialias=True), v2.CenterCrop(resolution), *tail])
+    if not augment:
+        return evaluate, evaluate
+    train = v2.Compose([v2.RandomResizedCrop(resolution, antialias=True), v2.RandomHorizontalFlip(), *tail])
+    return train, evaluate
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 256) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W) on the 0..1 scale, in chunks to bound memory."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].to(torch.float64) / 255.0
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    count = images.numel() // images.shape[1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+class NormaliseUint8:
+    """uint8 CHW -> float32 ``(x / 255 - mean) / std``, resized to ``resolution`` when that differs (bilinear, antialiased)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], resolution: int | None = None) -> None:
+        std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
+        self.resolution = resolution
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        out = img.to(torch.float32) * self.scale + self.shift
+        if self.resolution is not None and out.shape[-1] != self.resolution:
+            size = (self.resolution, self.resolution)
+            out = F.interpolate(out[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        return out
+
+
+class RandomFlips:
+    """Independent horizontal and vertical flips, each with probability 1/2.
+
+    For the embedded task both keep the label (a row of dots stays a row); crops are left out
+    because they would cut line dots away, and transposes because they swap rows and columns.
+    """
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        flip = torch.rand(2) < 0.5
+        dims = [d for d, f in zip((-1, -2), flip.tolist(), strict=True) if f]
+        return img.flip(dims) if dims else img
+
+
+def embedded_transforms(resolution: int, augment: bool, mean: Sequence[float], std: Sequence[float]) -> tuple[Transform, Transform]:
+    """(train, eval) for uint8 tensors: optional flips, then normalise (and resize if ``resolution`` differs)."""
+    evaluate = NormaliseUint8(mean, std, resolution)
+    if not augment:
+        return evaluate, evaluate
+    return v2.Compose([RandomFlips(), evaluate]), evaluate
