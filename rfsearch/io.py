@@ -11,7 +11,9 @@ from typing import Any
 import torch
 
 
-def _atomic(path: str | Path, write: Any, mode: str) -> Path:
+def atomic_write(path: str | Path, write: Any, mode: str = "wb") -> Path:
+    """Write ``path`` through ``write(file)`` into a temporary file beside it, then rename it in:
+    readers (another process, a resumed run) see either no file or a complete one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -20,6 +22,7 @@ def _atomic(path: str | Path, write: Any, mode: str) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; runs and caches are for every user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -28,7 +31,7 @@ def _atomic(path: str | Path, write: Any, mode: str) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    return _atomic(path, lambda h: h.write(text), "w")
+    return atomic_write(path, lambda h: h.write(text), "w")
 
 
 def write_json(path: str | Path, data: Any) -> Path:
@@ -57,7 +60,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    return _atomic(path, lambda h: torch.save(state, h), "wb")
+    return atomic_write(path, lambda h: torch.save(state, h))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

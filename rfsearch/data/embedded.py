@@ -24,7 +24,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from rfsearch.data.cache import atomic_write, cache_dir
+from rfsearch.data.cache import cache_dir
+from rfsearch.io import atomic_write
 from rfsearch.space.data_config import EmbeddedConfig
 
 GENERATOR_VERSION = 1  # bump whenever the images a config produces change: it invalidates old caches
