@@ -211,7 +211,8 @@ np.save({str(tmp_path / "ts.npy")!r}, ts_out)
 
 
 def test_paper_reference_sizes_at_224() -> None:
-    space = load_space(ROOT / "spaces" / "mbv2_metapool.yaml", ["post=[]"])  # post-mix layers off (DESIGN §3)
+    # the paper space at 224 px with post-mix layers off (DESIGN §3)
+    space = load_space(ROOT / "spaces" / "mbv2_metapool_imagenet.yaml", ["post=[]", "data.dataset=embedded"])
     points = discover_points(build_backbone(space.backbone), space)
     assert len(points) == 16
 

@@ -28,7 +28,7 @@ def test_path_globs() -> None:
 
 
 def test_mbv2_space_matches_the_authors_insertion_points() -> None:
-    facts = describe_space(load_space("spaces/mbv2_metapool.yaml"))
+    facts = describe_space(load_space("spaces/mbv2_metapool_imagenet.yaml", ["post=[]"]))
     assert len(facts["points"]) == 16
     assert [p["path"] for p in facts["points"]] == [f"features.{i}.conv.1" for i in range(2, 18)]
     assert facts["points"][0]["channels"] == 96 and (facts["points"][0]["height"], facts["points"][0]["width"]) == (56, 56)
@@ -126,3 +126,25 @@ def test_every_torchvision_classifier_builds_a_supernet(name: str) -> None:
     with torch.no_grad():
         out = supernet(torch.zeros(1, 3, size, size, device=device))
     assert out.shape == (1, 10)
+
+
+def test_inspect_default_space_json(capsys) -> None:
+    """`rfsearch inspect spaces/mbv2_metapool.yaml --json`: the paper's 16 points and sizes."""
+    import json
+    import sys
+
+    from rfsearch.cli import main
+
+    argv = sys.argv
+    sys.argv = ["rfsearch", "inspect", "spaces/mbv2_metapool.yaml", "--json"]
+    try:
+        main()
+    except SystemExit as done:
+        assert done.code in (0, None)
+    finally:
+        sys.argv = argv
+    facts = json.loads(capsys.readouterr().out)
+    assert len(facts["points"]) == 16
+    assert facts["backbone"]["params"] == 3_504_872
+    assert facts["largest_child"]["params"] == 3_950_648
+    assert facts["smallest_child"]["params"] == 3_504_872

@@ -2,8 +2,8 @@
 
 Every shuffled loader's order is a function of ``(seed, stream, epoch)`` once ``set_epoch`` is
 called at the start of each epoch, so a resumed run sees the same batches as an uninterrupted
-one. Under ``torchrun`` (``distributed=True``) each process reads its own shard through a
-``DistributedSampler``; ``batch_size`` is then per process.
+one. Under ``torchrun`` (``distributed=True``) each process reads its own shard of the same
+permutation; ``batch_size`` is then per process (the global batch is ``world_size × batch_size``).
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ class TrainLoaders:
 def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """Make ``loader``'s next pass a function of ``(seed, epoch)``: call it before iterating each epoch.
 
-    A ``DistributedSampler`` gets ``set_epoch(epoch)`` (all ranks agree on the permutation);
-    otherwise the loader's generator, which draws the shuffle order and the worker seeds, is
-    reseeded from ``(seed, the loader's stream, epoch)``.
+    A training loader's ``DistributedSampler`` gets ``set_epoch(epoch)`` (the permutation; all
+    ranks agree on it), and the loader's generator, which draws the worker seeds, is reseeded from
+    ``(seed, the loader's stream, epoch)``.
     """
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
-    elif isinstance(loader, SeededLoader) and loader.generator is not None:
+    if isinstance(loader, SeededLoader) and loader.generator is not None:
         loader.generator.manual_seed(epoch_seed(seed, loader.stream, epoch))
 
 
@@ -90,17 +90,25 @@ def make_loader(
     device: str | torch.device,
     distributed: bool,
 ) -> DataLoader:
-    """One loader: training loaders shuffle and drop the last partial batch; evaluation loaders do neither."""
+    """One loader: training loaders shuffle and drop the last partial batch; evaluation loaders do neither.
+
+    Training loaders shuffle with a ``DistributedSampler`` in every case (one replica without
+    torchrun): the epoch's permutation is the same for any number of processes, and process ``r``
+    of ``N`` reads every ``N``-th index of it. So ``N`` processes with batch ``b`` read, together,
+    the same global batches as one process with batch ``N·b`` (when ``N`` divides the part's size).
+    """
     sampler: DistributedSampler[Any] | None = None
     if distributed:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("distributed=True needs torch.distributed.init_process_group() first (run under torchrun)")
         sampler = DistributedSampler(dataset, shuffle=train, seed=epoch_seed(seed, stream, 0), drop_last=False)
+    elif train:
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=epoch_seed(seed, stream, 0), drop_last=False)
     return SeededLoader(
         dataset,
         stream=stream,
         batch_size=batch_size,
-        shuffle=train if sampler is None else None,
+        shuffle=None,
         sampler=sampler,
         drop_last=train,
         num_workers=workers,

@@ -41,6 +41,13 @@ class SearchContext:
     def weight_lr(self) -> float:
         return float(self.weight_optimizer.param_groups[0]["lr"])
 
+    def mean_over_ranks(self, values: list[float]) -> list[float]:
+        """Numbers each rank measured on its own shard (a candidate's meta loss), averaged over the
+        ranks through ``reduce_grads``: every rank gets the same list and so decides the same way."""
+        averaged = torch.tensor(values, dtype=torch.float64, device=self.device)
+        self.reduce_grads([averaged])
+        return averaged.tolist()
+
     def batch(self, batch: Batch) -> Batch:
         return to_device(batch, self.device, self.channels_last)
 

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rfsearch import data as rfdata
 from rfsearch.arch import Arch, apply_arch, arch_of
 from rfsearch.console import console
-from rfsearch.distributed import Dist, init_distributed
+from rfsearch.distributed import Dist, alpha_snapshot, init_distributed
 from rfsearch.io import append_jsonl, load_checkpoint, save_checkpoint
 from rfsearch.search.context import SearchContext
 from rfsearch.space.schema import SpaceConfig
@@ -58,7 +58,8 @@ def run_search(
     """Search ``space`` into a run directory (or continue the one in ``resume``)."""
     dist, device_name = init_distributed(space.train.device)
     device = resolve_device(device_name)
-    run_dir = Path(resume) if resume is not None else rundir.new_run_dir("search", space.name, out) if dist.is_main else Path(out or ".")
+    # one path for every rank: rank 0 names (and creates) it, the others receive it
+    run_dir = Path(resume) if resume is not None else dist.on_main(lambda: rundir.new_run_dir("search", space.name, out))
     seed = space.train.seed
     seed_everything(seed, space.train.deterministic)
     recipe = space.train.search
@@ -69,8 +70,7 @@ def run_search(
     strategy: Strategy = strategy_cls(space.strategy_options(), supernet, seed)
     channels_last = space.train.channels_last and device.type == "cuda"
     supernet.to(device, memory_format=torch.channels_last) if channels_last else supernet.to(device)
-    if space.train.sync_bn and dist.enabled:
-        supernet.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(supernet.net)
+    supernet.net = dist.convert_sync_bn(supernet.net, device, space.train.sync_bn)  # before DDP; MixedOps stay in place
 
     loaders = None
     steps_per_epoch = 1
@@ -100,7 +100,12 @@ def run_search(
     history = run_dir / rundir.HISTORY
     checkpoint = run_dir / rundir.CHECKPOINT
     if resume is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, map_location=device)
+        state = load_checkpoint(checkpoint, map_location=device)  # on every rank
+        if dist.is_main and state.get("world_size", 1) != dist.world_size:
+            console.print(
+                f"[bold yellow]note:[/] {checkpoint} was written by {state.get('world_size', 1)} process(es), resumed by {dist.world_size}: "
+                "batch_size is per process, so the global batch and the steps per epoch change"
+            )
         apply_arch(supernet, Arch.model_validate(state["arch"]))
         _prune(ctx, supernet, dist, device, strategy)
         supernet.load_state_dict(state["model"])
@@ -120,6 +125,7 @@ def run_search(
         return arch_of(supernet, backbone=space.backbone, num_classes=num_classes, space=space.name, strategy=space.strategy.name)
 
     def save(epoch: int, done: bool) -> None:
+        dist.assert_same("α or the fixed choices", alpha_snapshot(supernet.mixed_ops.items()))
         if not dist.is_main:
             return
         save_checkpoint(
@@ -136,6 +142,7 @@ def run_search(
                 "step": ctx.step,
                 "finished": done,
                 "elapsed": elapsed + time.perf_counter() - started,
+                "world_size": dist.world_size,
             },
         )
         snapshot().save(run_dir / "arch.json")
@@ -163,7 +170,7 @@ def run_search(
             rfdata.set_epoch(loaders.meta, seed, epoch)
             meta_batches = cycle(loaders.meta)
             for batch in itertools.islice(loaders.weight, steps_per_epoch):
-                stats = strategy.step(ctx, batch, next(meta_batches))
+                stats = dist.mean_stats(strategy.step(ctx, batch, next(meta_batches)), device)
                 fixings = strategy.decide(ctx)
                 if fixings:
                     _prune(ctx, supernet, dist, device, strategy)

@@ -62,6 +62,7 @@ class UniformSampling(Strategy):
                     mixed.active = name
                     scores.append(sum(ctx.loss(self.supernet(x), y).item() for x, y in batches))
                     self._clear_paths()
+                scores = ctx.mean_over_ranks(scores)  # under torchrun each rank scored its own meta shard
                 best = mixed.names[min(range(len(scores)), key=scores.__getitem__)]
                 fixings.append(self.fix(path, [best], ctx.step))
         finally:

@@ -94,7 +94,8 @@ def run_retrain(
     device = resolve_device(device_name)
     arch = fit_classifier(arch, space)
     name = arch.space or space.name
-    run_dir = Path(resume) if resume is not None else rundir.new_run_dir("retrain", name, out) if dist.is_main else Path(out or ".")
+    # one path for every rank: rank 0 names (and creates) it, the others receive it
+    run_dir = Path(resume) if resume is not None else dist.on_main(lambda: rundir.new_run_dir("retrain", name, out))
     seed = space.train.seed
     seed_everything(seed, space.train.deterministic)
 
@@ -102,8 +103,7 @@ def run_retrain(
     report = child_report(arch)
     channels_last = space.train.channels_last and device.type == "cuda"
     child.to(device, memory_format=torch.channels_last) if channels_last else child.to(device)
-    if space.train.sync_bn and dist.enabled:
-        child = nn.SyncBatchNorm.convert_sync_batchnorm(child)
+    child = dist.convert_sync_bn(child, device, space.train.sync_bn)  # before DDP wraps it
     loaders = rfdata.build_train_loaders(space.data, batch_size=recipe.batch_size, seed=seed, device=device, distributed=dist.enabled)
     steps_per_epoch = epoch_steps(loaders.train, recipe.steps_per_epoch)
     optimizer = sgd(child.parameters(), recipe.optimizer)
@@ -116,7 +116,7 @@ def run_retrain(
     history_path, checkpoint = run_dir / rundir.HISTORY, run_dir / rundir.CHECKPOINT
     resumed = resume is not None and checkpoint.exists()
     if resumed:
-        state = load_checkpoint(checkpoint)
+        state = load_checkpoint(checkpoint)  # on every rank
         saved = Arch.model_validate(state["arch"])
         if saved.choices() != arch.choices() or saved.backbone != arch.backbone:
             raise RfsearchError(f"{checkpoint} holds another architecture than the one given to resume it")
@@ -169,8 +169,10 @@ def run_retrain(
                 sums[0] += loss.detach() * y.numel()
                 sums[1] += (logits.argmax(1) == y).sum()
                 sums[2] += y.numel()
-                progress.update(task, advance=1, epoch=epoch + 1, loss=loss.item())
+                if show_progress:  # the same on every rank: the bar shows the loss averaged over ranks
+                    progress.update(task, advance=1, epoch=epoch + 1, loss=dist.mean_stats({"loss": loss.item()}, device)["loss"])
             dist.sum_(sums)
+            dist.mean_buffers(child)  # every rank evaluates (and rank 0 saves) the same BN statistics
             val = evaluate(child, loaders.val, device, amp=space.train.amp, channels_last=channels_last, reduce=dist.sum_)
             record = {
                 "epoch": epoch + 1,
