@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from rfsearch.graph.backbone import build_backbone
 from rfsearch.graph.points import InsertionPoint, discover_points, point_graph
 from rfsearch.graph.wrap import attach, attach_order, post_layers
+from rfsearch.ops.fused import exporting, fused_mix
 from rfsearch.space.schema import SpaceConfig
 
 
@@ -24,13 +25,29 @@ class Summed(nn.ModuleDict):
         return out
 
 
+_FAST_MIXING = True
+
+
+def set_fast_mixing(enabled: bool) -> bool:
+    """Turn the fused mixing of every MixedOp whose ``fast`` is None on or off; returns the previous
+    setting. Off: the plain weighted sum, the reference the fast path is tested against."""
+    global _FAST_MIXING
+    previous, _FAST_MIXING = _FAST_MIXING, bool(enabled)
+    return previous
+
+
 class MixedOp(nn.Module):
     """``Σ_k softmax(α)_k · op_k(x)`` (Eq. 1). Once fixed, only the chosen op(s) remain and run.
 
     ``active`` routes the forward through one candidate (single-path sampling) while unfixed.
+
+    ``fast`` (None: the module-wide :func:`set_fast_mixing` switch, on by default) computes the sum
+    in one fused autograd node (:mod:`rfsearch.ops.fused`): the same forward and gradients, shared
+    work between candidates, and only the input kept for the backward. Unknown candidates run as
+    they are; ``fast=False`` is the plain weighted sum.
     """
 
-    def __init__(self, candidates: dict[str, nn.Module], init_std: float = 1e-3) -> None:
+    def __init__(self, candidates: dict[str, nn.Module], init_std: float = 1e-3, *, fast: bool | None = None) -> None:
         super().__init__()
         if not candidates:
             raise ValueError("a mixed op needs at least one candidate")
@@ -41,6 +58,8 @@ class MixedOp(nn.Module):
         self.fixed_step: int | None = None
         self.fixed_probs: tuple[float, ...] | None = None
         self.active: str | None = None
+        self.fast: bool | None = fast
+        self.backend: str | None = None  # fused backend: None (by device), "shift" or "stock"
 
     @property
     def is_fixed(self) -> bool:
@@ -57,6 +76,11 @@ class MixedOp(nn.Module):
         if self.active is not None:
             return self.ops[self.active](x)
         weights = torch.softmax(self.alpha, dim=0).to(x.dtype)
+        if (_FAST_MIXING if self.fast is None else self.fast) and not torch.jit.is_scripting():
+            if not (torch.jit.is_tracing() or exporting()):
+                out = fused_mix([self.ops[name] for name in self.names], weights, x, self.backend)
+                if out is not None:
+                    return out
         out = weights[0] * self.ops[self.names[0]](x)
         for i in range(1, len(self.names)):
             out = out + weights[i] * self.ops[self.names[i]](x)

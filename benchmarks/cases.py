@@ -1,0 +1,328 @@
+"""The comparisons: what is built, what one "step" is, and which ratio is reported."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.memory import peak_bytes
+from benchmarks.timing import Timing, compare
+
+SPACE = Path(__file__).resolve().parent.parent / "spaces" / "mbv2_metapool.yaml"
+NUM_CLASSES = 10
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    rounds: int = 7
+    warmup: int = 2
+    batch: int = 32
+    resolutions: tuple[int, ...] = (32, 64)
+    latency_batches: tuple[int, ...] = (1, 32)
+    latency_resolution: int = 224
+    child_train_resolution: int = 64
+    search_epochs: int | None = None  # None: the space's own recipe
+    search_steps: int | None = None
+    search_repeats: int = 1
+    search_arch_lr: float | None = None
+    amp: bool = False
+    channels_last: bool = False
+    space: Path = SPACE
+
+
+@dataclass
+class Row:
+    """One reported ratio: ``numerator / denominator`` (times or bytes), with its target."""
+
+    group: str
+    name: str
+    numerator: str
+    denominator: str
+    num: float
+    den: float
+    unit: str  # "s" or "B"
+    target: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.num / self.den if self.den else float("nan")
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.target is None else self.ratio <= self.target
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "name": self.name,
+            "numerator": self.numerator,
+            "denominator": self.denominator,
+            "num": self.num,
+            "den": self.den,
+            "unit": self.unit,
+            "ratio": self.ratio,
+            "target": self.target,
+            "passed": self.passed,
+            "note": self.note,
+            **self.extra,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def load(settings: Settings, *overrides: str):
+    from rfsearch.space import load_space
+
+    return load_space(settings.space, list(overrides))
+
+
+def build_pair(settings: Settings) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(backbone, supernet with fused mixing, the same supernet with the plain weighted sum),
+    all from the same seed and on the device."""
+    from rfsearch.graph.backbone import build_backbone
+    from rfsearch.supernet import build_supernet
+
+    space = load(settings)
+    torch.manual_seed(0)
+    supernet = build_supernet(space, NUM_CLASSES)
+    torch.manual_seed(0)
+    backbone = build_backbone(space.backbone, NUM_CLASSES)
+    plain = copy.deepcopy(supernet)
+    for mixed in supernet.mixed_ops.values():
+        mixed.fast = True
+    for mixed in plain.mixed_ops.values():
+        mixed.fast = False
+    return tuple(_place(m, settings) for m in (backbone, supernet, plain))  # type: ignore[return-value]
+
+
+def _place(model: nn.Module, settings: Settings) -> nn.Module:
+    model.to(settings.device)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _autocast(settings: Settings):
+    if settings.amp and settings.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batch(settings: Settings, resolution: int, size: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(size or settings.batch, 3, resolution, resolution, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (x.shape[0],), generator=g)
+    x, y = x.to(settings.device), y.to(settings.device)
+    if settings.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def train_step(model: nn.Module, settings: Settings, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One SGD training step of all trainable parameters (the supernet's α included: the search's
+    weight step computes α's gradient too), with the project's optimizer settings."""
+    from rfsearch.space.schema import WeightOptimizer
+    from rfsearch.train.engine import sgd
+
+    model.train()
+    opt = sgd([p for p in model.parameters() if p.requires_grad], WeightOptimizer())
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with _autocast(settings):
+            logits = model(x)
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def inference(model: nn.Module, settings: Settings, x: torch.Tensor) -> Callable[[], None]:
+    model.eval()
+
+    @torch.no_grad()
+    def run() -> None:
+        with _autocast(settings):
+            model(x)
+
+    return run
+
+
+def _ratio_row(group: str, name: str, timings: dict[str, Timing], num: str, den: str, target: float | None, note: str = "") -> Row:
+    return Row(
+        group,
+        name,
+        num,
+        den,
+        timings[num].median,
+        timings[den].median,
+        "s",
+        target,
+        note,
+        {"timings": {k: v.to_dict() for k, v in timings.items()}},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Supernet train step vs backbone train step; 2. peak memory of each
+# --------------------------------------------------------------------------------------------
+
+
+def supernet_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
+    backbone, supernet, plain = build_pair(settings)
+    rows: list[Row] = []
+    for res in settings.resolutions:
+        x, y = batch(settings, res)
+        fns = {
+            "backbone": train_step(backbone, settings, x, y),
+            "supernet": train_step(supernet, settings, x, y),
+            "supernet (plain sum)": train_step(plain, settings, x, y),
+        }
+        log(f"train step at {res} px, batch {x.shape[0]}: {settings.rounds} rounds")
+        timings = compare(fns, settings.rounds, settings.warmup, settings.device)
+        rows.append(_ratio_row("supernet", f"train step {res}px bs{x.shape[0]}", timings, "supernet", "backbone", 2.0))
+        rows.append(_ratio_row("supernet", f"train step {res}px bs{x.shape[0]} (plain sum, before)", timings, "supernet (plain sum)", "backbone", None, "reference: every candidate computed and summed"))
+        log(f"peak memory of one train step at {res} px")
+        peaks = {name: peak_bytes(fn, settings.device) for name, fn in fns.items()}
+        if all(v is not None for v in peaks.values()):
+            rows.append(Row("memory", f"peak memory {res}px bs{x.shape[0]}", "supernet", "backbone", peaks["supernet"], peaks["backbone"], "B", 2.0))
+            rows.append(Row("memory", f"peak memory {res}px bs{x.shape[0]} (plain sum, before)", "supernet (plain sum)", "backbone", peaks["supernet (plain sum)"], peaks["backbone"], "B", None))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# 3. PMPL search vs the same search with rho: null
+# --------------------------------------------------------------------------------------------
+
+
+def search_overrides(settings: Settings, rho: str) -> list[str]:
+    """The space's own search recipe (its default budget), with only ρ changed; ``--quick`` and the
+    ``--search-*`` options shorten it."""
+    out = [f"strategy.rho={rho}", f"train.device={settings.device.type}", f"train.amp={str(settings.amp).lower()}", f"train.channels_last={str(settings.channels_last).lower()}"]
+    if settings.search_epochs:
+        out.append(f"train.search.epochs={settings.search_epochs}")
+    if settings.search_steps:
+        out.append(f"train.search.steps_per_epoch={settings.search_steps}")
+    if settings.search_arch_lr:
+        out.append(f"train.search.arch_optimizer.lr={settings.search_arch_lr}")
+    return out
+
+
+def pmpl_search(settings: Settings, log: Callable[[str], None]) -> tuple[list[Row], Any]:
+    """Wall time of ``run_search`` (data, steps, fixing, checkpoints, history: everything) with
+    PMPL's progressive fixing and stopping, and with ``rho: null`` (every point open for the whole
+    budget, then fixed to argmax), same seed, alternating."""
+    from rfsearch.search.loop import run_search
+
+    spaces = {"pmpl": load(settings, *search_overrides(settings, "0.2")), "rho null": load(settings, *search_overrides(settings, "null"))}
+    results: dict[str, Any] = {}
+    samples: dict[str, Timing] = {k: Timing() for k in spaces}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(settings.search_repeats):
+            for name in (list(spaces) if r % 2 == 0 else list(spaces)[::-1]):
+                log(f"search ({name}), repeat {r + 1}/{settings.search_repeats}")
+                start = time.perf_counter()
+                result = run_search(spaces[name], Path(tmp) / f"{name.replace(' ', '_')}-{r}", show_progress=False)
+                samples[name].samples.append(time.perf_counter() - start)
+                results[name] = result
+    recipe = spaces["pmpl"].train.search
+    pm, null = results["pmpl"], results["rho null"]
+    fixed_at = sorted(p.fixed_step for p in pm.arch.points if p.fixed_step is not None)
+    note = (
+        f"{recipe.epochs} epochs, batch {recipe.batch_size}, α lr {recipe.arch_optimizer.lr}: pmpl stopped after {pm.steps} of {null.steps} steps"
+        + (f", points fixed at steps {fixed_at[0]}–{fixed_at[-1]}" if fixed_at else ", no point fixed")
+    )
+    row = _ratio_row("search", "PMPL search wall time", samples, "pmpl", "rho null", 0.6, note)
+    row.extra.update({"pmpl_fixed_steps": fixed_at, "pmpl_steps": pm.steps, "null_steps": null.steps})
+    return [row], pm.arch
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Child inference latency and train step vs the backbone
+# --------------------------------------------------------------------------------------------
+
+LATENCY_SPACE = SPACE.parent / "mbv2_metapool_imagenet.yaml"
+
+
+def with_fast_pools(model: nn.Module) -> nn.Module:
+    """A copy whose ``nn.AvgPool2d`` / ``nn.MaxPool2d`` are the drop-in ``FastAvgPool2d`` /
+    ``FastMaxPool2d`` of ``rfsearch.ops.fused`` (same arguments, same results)."""
+    from rfsearch.ops.fused import FastAvgPool2d, FastMaxPool2d
+
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.AvgPool2d:
+                setattr(parent, name, FastAvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode, child.count_include_pad, child.divisor_override))
+            elif type(child) is nn.MaxPool2d:
+                setattr(parent, name, FastMaxPool2d(child.kernel_size, child.stride, child.padding, child.dilation, child.return_indices, child.ceil_mode))
+    return model
+
+
+def children(settings: Settings, searched_arch: Any | None) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """The backbone and children in the 224 px geometry of ``mbv2_metapool_imagenet.yaml`` (plain
+    MobileNetV2 strides; post-mix layers off, as in ``mbv2_metapool.yaml``): the searched choices
+    (when a search ran; matched by point path), a fixed mix that uses every candidate twice, and
+    all-``global`` (the paper's usual outcome). Children with pooling ops also run with the fast
+    pooling modules."""
+    from rfsearch.arch import fixed_arch
+    from rfsearch.discretize import build_child
+    from rfsearch.graph.backbone import build_backbone
+    from rfsearch.graph.points import discover_points
+    from rfsearch.space import load_space
+
+    space = load_space(LATENCY_SPACE, ["post=[]"])
+    torch.manual_seed(0)
+    backbone = build_backbone(space.backbone, NUM_CLASSES)
+    points = discover_points(build_backbone(space.backbone, NUM_CLASSES), space)
+    rules: dict[str, Callable[[Any], list[str]]] = {}
+    if searched_arch is not None:
+        chosen = {p.path: p.choice_names for p in searched_arch.points}
+        if all(p.path in chosen for p in points):
+            rules["searched"] = lambda p: chosen[p.path]
+    rules["every op twice"] = lambda p: [p.candidate_names[p.index % len(p.candidate_names)]]
+    rules["all global"] = lambda p: ["global"] if "global" in p.candidate_names else [p.candidate_names[0]]
+    out: dict[str, nn.Module] = {}
+    for name, rule in rules.items():
+        torch.manual_seed(0)
+        child = build_child(fixed_arch(points, rule, backbone=space.backbone, num_classes=NUM_CLASSES))
+        out[name] = child
+        if any(type(m) in (nn.AvgPool2d, nn.MaxPool2d) for m in child.modules()):
+            out[name] = child  # as rfsearch builds it today (ATen pooling)
+            out[f"{name}, fast pools"] = with_fast_pools(child)
+    return _place(backbone, settings), {k: _place(m, settings) for k, m in out.items()}
+
+
+def child_rows(settings: Settings, searched_arch: Any | None, log: Callable[[str], None]) -> list[Row]:
+    backbone, kids = children(settings, searched_arch)
+    rows: list[Row] = []
+    for bs in settings.latency_batches:
+        x, _ = batch(settings, settings.latency_resolution, bs)
+        fns = {"backbone": inference(backbone, settings, x), **{f"child ({k})": inference(m, settings, x) for k, m in kids.items()}}
+        log(f"inference latency at {settings.latency_resolution} px, batch {bs}")
+        timings = compare(fns, settings.rounds, settings.warmup, settings.device)
+        for k in kids:
+            rows.append(_ratio_row("child", f"latency {settings.latency_resolution}px bs{bs}: {k}", timings, f"child ({k})", "backbone", 1.10))
+    x, y = batch(settings, settings.child_train_resolution)
+    fns = {"backbone": train_step(backbone, settings, x, y), **{f"child ({k})": train_step(m, settings, x, y) for k, m in kids.items()}}
+    log(f"child train step at {settings.child_train_resolution} px, batch {x.shape[0]}")
+    timings = compare(fns, settings.rounds, settings.warmup, settings.device)
+    for k in kids:
+        rows.append(_ratio_row("child", f"train step {settings.child_train_resolution}px bs{x.shape[0]}: {k}", timings, f"child ({k})", "backbone", None))
+    return rows

@@ -1,0 +1,161 @@
+"""``python -m benchmarks [--quick] [--device cuda] [--json FILE] [--only step,search,child]``"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.cases import Row, Settings, child_rows, pmpl_search, supernet_steps
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description="rfsearch performance ratios, measured side by side")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
+    p.add_argument("--quick", action="store_true", help="fewer rounds and a shorter search: a smoke run, not for the record")
+    p.add_argument("--only", default="step,search,child", help="comma-separated parts: step (supernet step + memory), search, child")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every number to FILE")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per comparison (default 7; quick 3)")
+    p.add_argument("--batch", type=int, default=None, help="training batch size (default 32 on CPU, 128 on CUDA)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--search-epochs", type=int, default=None, help="search budget: epochs (default: the space's; quick 2)")
+    p.add_argument("--search-steps", type=int, default=None, help="search budget: steps per epoch cap (default: the space's; quick 8)")
+    p.add_argument("--search-repeats", type=int, default=None, help="searches per variant (default 1)")
+    p.add_argument("--search-arch-lr", type=float, default=None, help="α learning rate (default: the space's)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (CUDA only; default on for CUDA)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC tensors and models (default on for CUDA, off on CPU, as the search loop does)")
+    return p.parse_args(argv)
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but CUDA is not available here")
+    cuda = device.type == "cuda"
+    s = Settings(device=device)
+    s.rounds = args.rounds or (3 if args.quick else 7)
+    s.warmup = 1 if args.quick else 2
+    s.batch = args.batch or (128 if cuda else 32)
+    s.latency_batches = (1, 64) if cuda else (1, 32)
+    s.resolutions = (32, 64)
+    s.search_epochs = args.search_epochs or (2 if args.quick else None)
+    s.search_steps = args.search_steps or (8 if args.quick else None)
+    s.search_repeats = args.search_repeats or 1
+    s.search_arch_lr = args.search_arch_lr
+    s.amp = cuda if args.amp is None else (args.amp and cuda)
+    s.channels_last = cuda if args.channels_last is None else args.channels_last
+    return s
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")(),
+    }
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def _load() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def fmt_value(v: float, unit: str) -> str:
+    if unit == "B":
+        return f"{v / 2**20:,.1f} MiB"
+    return f"{v * 1e3:,.1f} ms" if v < 10 else f"{v:,.1f} s"
+
+
+def render(rows: list[Row], meta: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))
+    table = Table(title="rfsearch benchmarks (medians of alternating rounds)", show_lines=False)
+    for col, kw in (("comparison", {}), ("numerator", {"justify": "right"}), ("denominator", {"justify": "right"}), ("ratio", {"justify": "right"}), ("target", {"justify": "right"}), ("", {})):
+        table.add_column(col, no_wrap=col != "comparison", **kw)
+    group = None
+    for row in rows:
+        if group is not None and row.group != group:
+            table.add_section()
+        group = row.group
+        verdict = "" if row.passed is None else ("[green]ok[/]" if row.passed else "[red]over[/]")
+        table.add_row(
+            row.name + (f"\n[dim]{row.note}[/]" if row.note else ""),
+            f"{row.numerator}: {fmt_value(row.num, row.unit)}",
+            f"{row.denominator}: {fmt_value(row.den, row.unit)}",
+            f"{row.ratio:.2f}×",
+            "" if row.target is None else f"≤ {row.target:.2f}×",
+            verdict,
+        )
+    console.print(table)
+    m = meta["machine"]
+    console.print(f"[dim]{m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} ({m['threads']} threads, {m['cpu_capability']})"
+                  + (f", {m['gpu']}" if "gpu" in m else "")
+                  + f"; device {meta['device']}; load average before {meta['load_before']}, after {meta['load_after']}; {meta['seconds']:.0f} s[/]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = settings_of(args)
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = parts - {"step", "search", "child"}
+    if unknown:
+        raise SystemExit(f"unknown part(s) {sorted(unknown)}; choose from step, search, child")
+
+    def log(message: str) -> None:
+        print(f"  · {message}", file=sys.stderr, flush=True)
+
+    started, load_before = time.perf_counter(), _load()
+    rows: list[Row] = []
+    arch = None
+    if "step" in parts:
+        rows += supernet_steps(settings, log)
+    if "search" in parts:
+        search, arch = pmpl_search(settings, log)
+        rows += search
+    if "child" in parts:
+        rows += child_rows(settings, arch, log)
+    meta = {
+        "command": " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]),
+        "device": str(settings.device),
+        "settings": {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(settings).items()},
+        "machine": machine(),
+        "load_before": load_before,
+        "load_after": _load(),
+        "seconds": time.perf_counter() - started,
+    }
+    render(rows, meta)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": meta, "rows": [r.to_dict() for r in rows]}, indent=2))
+    return 0
