@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from torch import nn
 
+from rfsearch.ops.fused import FastAvgPool2d, FastMaxPool2d
 from rfsearch.ops.registry import register_op
 from rfsearch.space.base import StrictModel
 
@@ -28,11 +29,12 @@ def skip(channels: int) -> nn.Module:
 
 @register_op("avgpool", PoolParams)
 def avgpool(channels: int, k: int) -> nn.Module:
-    """Average pooling, stride 1, padding k//2; borders average over real pixels only."""
-    return nn.AvgPool2d(k, stride=1, padding=k // 2, count_include_pad=False)
+    """Average pooling, stride 1, padding k//2; borders average over real pixels only. The fast
+    drop-in computes exactly what nn.AvgPool2d does (ATen's stride-1 CPU kernel is slow)."""
+    return FastAvgPool2d(k, stride=1, padding=k // 2, count_include_pad=False)
 
 
 @register_op("maxpool", PoolParams)
 def maxpool(channels: int, k: int) -> nn.Module:
-    """Max pooling, stride 1, padding k//2."""
-    return nn.MaxPool2d(k, stride=1, padding=k // 2)
+    """Max pooling, stride 1, padding k//2 (the exact fast drop-in for nn.MaxPool2d)."""
+    return FastMaxPool2d(k, stride=1, padding=k // 2)
