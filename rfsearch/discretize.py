@@ -11,9 +11,9 @@ from torch import nn
 from rfsearch.arch import Arch
 from rfsearch.errors import RfsearchError
 from rfsearch.graph.backbone import build_backbone
-from rfsearch.graph.wrap import Enhanced, attach, attach_order, post_layers
+from rfsearch.graph.wrap import Enhanced, Summed, attach, attach_order, post_layers
 from rfsearch.io import load_checkpoint, save_checkpoint
-from rfsearch.supernet import MixedOp, Summed, Supernet
+from rfsearch.supernet import MixedOp, Supernet
 
 
 def enhancer_of(ops: list[nn.Module]) -> nn.Module | None:

@@ -10,19 +10,9 @@ from torch import Tensor, nn
 
 from rfsearch.graph.backbone import build_backbone
 from rfsearch.graph.points import InsertionPoint, discover_points, point_graph
-from rfsearch.graph.wrap import attach, attach_order, post_layers
+from rfsearch.graph.wrap import Summed, attach, attach_order, post_layers
 from rfsearch.ops.fused import exporting, fused_mix
 from rfsearch.space.schema import SpaceConfig
-
-
-class Summed(nn.ModuleDict):
-    """The unweighted sum of several ops: a point fixed to its top-2 candidates."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = None
-        for op in self.values():
-            out = op(x) if out is None else out + op(x)
-        return out
 
 
 _FAST_MIXING = True

@@ -23,12 +23,12 @@ from rfsearch.errors import RfsearchError
 from rfsearch.export import ExportMismatch, child_for_export, export_child, verify_export
 from rfsearch.graph.backbone import build_backbone
 from rfsearch.graph.points import InsertionPoint, discover_points
-from rfsearch.graph.wrap import Enhanced
+from rfsearch.graph.wrap import Enhanced, Summed
 from rfsearch.io import load_checkpoint, read_json, read_jsonl, save_checkpoint
 from rfsearch.report import child_report, cost, count_params
 from rfsearch.space.loader import load_space
 from rfsearch.space.schema import SpaceConfig
-from rfsearch.supernet import MixedOp, Summed, Supernet, build_supernet
+from rfsearch.supernet import MixedOp, Supernet, build_supernet
 from rfsearch.train import rundir
 from rfsearch.train.engine import evaluate
 from rfsearch.train.retrain import run_retrain

@@ -126,6 +126,14 @@ def _limit(dataset: Dataset[Any], labels: np.ndarray, limit: int | None, seed: i
     return Subset(dataset, keep.tolist()), labels[keep]
 
 
+def _limited_splits(cfg: DataConfig, seed: int) -> tuple[Dataset[Any], np.ndarray, Dataset[Any]]:
+    """The training set (with its labels) and the validation set, each cut to its seeded limit."""
+    splits = build_datasets(cfg)
+    train, train_labels = _limit(splits.train, splits.train_labels, cfg.train_limit, seed, _TRAIN_LIMIT)
+    val, _ = _limit(splits.val, splits.val_labels, cfg.val_limit, seed, _VAL_LIMIT)
+    return train, train_labels, val
+
+
 def _require_batches(loader: DataLoader, name: str, size: int, batch_size: int) -> None:
     if len(loader) == 0:
         raise RfsearchError(
@@ -147,9 +155,7 @@ def build_search_loaders(
 
     The validation/test split is only returned for reporting: the search never reads it.
     """
-    splits = build_datasets(cfg)
-    train, train_labels = _limit(splits.train, splits.train_labels, cfg.train_limit, seed, _TRAIN_LIMIT)
-    val, _ = _limit(splits.val, splits.val_labels, cfg.val_limit, seed, _VAL_LIMIT)
+    train, train_labels, val = _limited_splits(cfg, seed)
     weight_idx, meta_idx = stratified_split(train_labels, cfg.meta_fraction, (seed % 2**64, _META_SPLIT))
     loader = partial(make_loader, seed=seed, workers=cfg.workers, device=device, distributed=distributed)
     weight = loader(Subset(train, weight_idx.tolist()), batch_size=batch_size, train=True, stream=_WEIGHT)
@@ -170,9 +176,7 @@ def build_train_loaders(
     eval_batch_size: int | None = None,
 ) -> TrainLoaders:
     """A shuffled loader over the whole training set (``train_limit`` applied) and an evaluation loader over ``val``."""
-    splits = build_datasets(cfg)
-    train, train_labels = _limit(splits.train, splits.train_labels, cfg.train_limit, seed, _TRAIN_LIMIT)
-    val, _ = _limit(splits.val, splits.val_labels, cfg.val_limit, seed, _VAL_LIMIT)
+    train, train_labels, val = _limited_splits(cfg, seed)
     loader = partial(make_loader, seed=seed, workers=cfg.workers, device=device, distributed=distributed)
     train_loader = loader(train, batch_size=batch_size, train=True, stream=_TRAIN)
     _require_batches(train_loader, "training", len(train_labels), batch_size)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from rfsearch.graph.points import device_of
+from rfsearch.graph.points import dry_forward
 from rfsearch.imports import import_object, is_import_path
 from rfsearch.space.schema import BackboneConfig
 
@@ -50,20 +50,12 @@ def limit_downsampling(model: nn.Module, input_size: int, in_channels: int, max_
 
         return hook
 
-    handles = [
-        module.register_forward_hook(record(name))
+    strided = {
+        module: record(name)
         for name, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and _stride(module) > 1
-    ]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, input_size, input_size, device=device_of(model)))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    }
+    dry_forward(model, input_size, in_channels, strided)
     stages: dict[int, list[nn.Module]] = {}
     factors: dict[int, int] = {}
     for module, size_in, size_out in seen.values():

@@ -86,7 +86,14 @@ def trace_outputs(model: nn.Module, paths: list[str], input_size: int, in_channe
 
         return hook
 
-    handles = [model.get_submodule(p).register_forward_hook(record(p)) for p in paths]
+    dry_forward(model, input_size, in_channels, {model.get_submodule(p): record(p) for p in paths})
+    return outputs
+
+
+def dry_forward(model: nn.Module, input_size: int, in_channels: int, hooks: dict[nn.Module, Any]) -> None:
+    """One eval-mode, no-grad forward of a zero image with forward ``hooks`` attached, then removed;
+    the model's training flag is restored. Shapes are read this way, never from module attributes."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
     was_training = model.training
     try:
         model.eval()
@@ -96,7 +103,6 @@ def trace_outputs(model: nn.Module, paths: list[str], input_size: int, in_channe
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return outputs
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -22,6 +22,16 @@ class Enhanced(nn.Module):
         return self.post(self.enhancer(self.inner(x)))
 
 
+class Summed(nn.ModuleDict):
+    """The unweighted sum of several ops: a point fixed to its top-2 candidates."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = None
+        for op in self.values():
+            out = op(x) if out is None else out + op(x)
+        return out
+
+
 def post_layers(names: list[str] | tuple[str, ...], channels: int) -> nn.Module | None:
     """The post-mix layers (the authors' BatchNorm + h-swish), or None when there are none."""
     if not names:

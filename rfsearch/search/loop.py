@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rfsearch import data as rfdata
 from rfsearch.arch import Arch, apply_arch, arch_of
-from rfsearch.console import console
+from rfsearch.console import console, progress_bar
 from rfsearch.distributed import Dist, alpha_snapshot, init_distributed
 from rfsearch.io import append_jsonl, load_checkpoint, save_checkpoint
 from rfsearch.search.context import SearchContext
@@ -150,15 +149,10 @@ def run_search(
     started = time.perf_counter()
     stopped_early = False
     supernet.train()
-    progress = Progress(
-        TextColumn("[bold]search[/] epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1f}% fixed {task.fields[fixed]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not (show_progress and dist.is_main),
-        transient=False,
+    progress = progress_bar(
+        "[bold]search[/] epoch {task.fields[epoch]}",
+        "loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1f}% fixed {task.fields[fixed]}",
+        show_progress and dist.is_main,
     )
     n_points = len(supernet.points)
     with progress:

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from rfsearch import data as rfdata
 from rfsearch.arch import Arch
-from rfsearch.console import console
+from rfsearch.console import console, progress_bar
 from rfsearch.discretize import build_child, child_state, save_child
 from rfsearch.distributed import init_distributed
 from rfsearch.errors import RfsearchError
@@ -139,14 +138,10 @@ def run_retrain(
     def result() -> RetrainResult:
         return RetrainResult(run_dir, arch, history, best, report, elapsed + time.perf_counter() - started, len(history) == recipe.epochs)
 
-    progress = Progress(
-        TextColumn("[bold]retrain[/] epoch {task.fields[epoch]}/" + str(recipe.epochs)),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f} · val top-1 {task.fields[top1]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not (show_progress and dist.is_main),
+    progress = progress_bar(
+        "[bold]retrain[/] epoch {task.fields[epoch]}/" + str(recipe.epochs),
+        "loss {task.fields[loss]:.3f} · val top-1 {task.fields[top1]}",
+        show_progress and dist.is_main,
     )
     with progress:
         task = progress.add_task("retrain", total=recipe.epochs * steps_per_epoch, completed=step, epoch=start_epoch + 1, loss=0.0, top1="-")
