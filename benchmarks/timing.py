@@ -22,7 +22,7 @@ class Timing:
 
     @property
     def spread(self) -> tuple[float, float]:
-        """Interquartile range (25th, 75th percentile), in seconds."""
+        """Interquartile range (25th, 75th percentile) in seconds; min and max under 4 samples."""
         if len(self.samples) < 4:
             return min(self.samples), max(self.samples)
         q = statistics.quantiles(self.samples, n=4)
@@ -30,7 +30,7 @@ class Timing:
 
     def to_dict(self) -> dict[str, float | int]:
         lo, hi = self.spread
-        return {"median_s": self.median, "q25_s": lo, "q75_s": hi, "rounds": len(self.samples)}
+        return {"median_s": self.median, "low_s": lo, "high_s": hi, "rounds": len(self.samples)}
 
 
 def synchronize(device: torch.device) -> None:

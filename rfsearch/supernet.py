@@ -66,10 +66,9 @@ class MixedOp(nn.Module):
         if self.active is not None:
             return self.ops[self.active](x)
         weights = torch.softmax(self.alpha, dim=0).to(x.dtype)
-        fast = getattr(self, "fast", None)  # modules pickled before the attribute existed
-        if (_FAST_MIXING if fast is None else fast) and not torch.jit.is_scripting():
+        if (_FAST_MIXING if self.fast is None else self.fast) and not torch.jit.is_scripting():
             if not (torch.jit.is_tracing() or exporting()):
-                out = fused_mix([self.ops[name] for name in self.names], weights, x, getattr(self, "backend", None))
+                out = fused_mix([self.ops[name] for name in self.names], weights, x, self.backend)
                 if out is not None:
                     return out
         out = weights[0] * self.ops[self.names[0]](x)
