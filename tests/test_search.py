@@ -48,6 +48,23 @@ def test_search_writes_a_complete_self_contained_arch(tmp_path: Path) -> None:
     assert child(torch.randn(2, 3, 16, 16)).shape == (2, arch.num_classes)
 
 
+def test_lr_warmup_ramps_and_arch_warmup_keeps_alpha_still(tmp_path: Path) -> None:
+    """``warmup_epochs`` ramps the weight lr linearly (as in the retrain); ``arch_warmup_epochs``
+    keeps α where it started for that many epochs, then lets it move."""
+    space = tiny_space("train.search.epochs=3", "train.search.warmup_epochs=1", "train.search.arch_warmup_epochs=1", "strategy.rho=null")
+    run_search(space, tmp_path / "run", show_progress=False)
+    history = [r for r in read_jsonl(tmp_path / "run" / "history.jsonl") if "final" not in r]
+    per_epoch = len([r for r in history if r["epoch"] == 0])
+    base = space.train.search.optimizer.lr
+    ramp = [r["lr"] for r in history[:per_epoch]]
+    # record i holds the lr of step i + 2: the ramp reaches base at the end of the first epoch
+    assert ramp == sorted(ramp) and abs(ramp[0] - base * 2 / per_epoch) < 1e-9 and abs(ramp[-1] - base) < 1e-9
+    assert history[-1]["lr"] < base  # then the cosine decay
+    start = history[0]["probs"]
+    assert all(r["probs"] == start for r in history[:per_epoch])
+    assert history[-1]["probs"] != start
+
+
 def test_random_is_a_function_of_the_seed(tmp_path: Path) -> None:
     choices = []
     for i, seed in enumerate((3, 3, 4)):

@@ -82,7 +82,7 @@ def run_search(
     weight_opt = sgd(supernet.weight_parameters(), recipe.optimizer)
     arch = recipe.arch_optimizer
     arch_opt = torch.optim.Adam(supernet.arch_parameters() or [torch.zeros(0, requires_grad=True)], lr=arch.lr, betas=arch.betas, weight_decay=arch.weight_decay)
-    scheduler = cosine_schedule(weight_opt, total_steps)
+    scheduler = cosine_schedule(weight_opt, total_steps, recipe.warmup_epochs * steps_per_epoch)
     ctx = SearchContext(
         supernet=supernet,
         model=dist.wrap(supernet, device, find_unused=not _mixes_all(strategy)),
@@ -159,7 +159,7 @@ def run_search(
         task = progress.add_task("search", total=total_steps, completed=ctx.step, epoch=start_epoch, loss=0.0, acc=0.0, fixed=f"{n_points - len(supernet.unfixed())}/{n_points}")
         for epoch in range(start_epoch, recipe.epochs if strategy_cls.trains_supernet and not finished else start_epoch):
             ctx.epoch = epoch
-            ctx.arch_updates = epoch >= recipe.warmup_epochs
+            ctx.arch_updates = epoch >= recipe.arch_warmup_epochs
             rfdata.set_epoch(loaders.weight, seed, epoch)
             rfdata.set_epoch(loaders.meta, seed, epoch)
             meta_batches = cycle(loaders.meta)

@@ -178,7 +178,8 @@ class SearchRecipe(StrictModel):
     optimizer: WeightOptimizer = WeightOptimizer()
     arch_optimizer: ArchOptimizer = ArchOptimizer()
     grad_clip: float | None = Field(None, gt=0)
-    warmup_epochs: int = Field(0, ge=0, description="epochs of weight training before α starts to move")
+    warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up before the cosine decay")
+    arch_warmup_epochs: int = Field(0, ge=0, description="epochs of weight training before α starts to move")
 
 
 class RetrainRecipe(StrictModel):
