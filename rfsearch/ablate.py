@@ -123,14 +123,11 @@ def seed_space(space: SpaceConfig, seed: int) -> SpaceConfig:
 def search_space(space: SpaceConfig, row: Row) -> SpaceConfig:
     """The space a searched row runs: its strategy (keeping the options that strategy accepts) and,
     for ``local``, only the local candidates at every point."""
-    from rfsearch.strategies.registry import get_strategy
-
     assert row.strategy is not None
-    accepted = set(get_strategy(row.strategy).Options.model_fields)
-    options = {k: v for k, v in (space.strategy.model_extra or {}).items() if k in accepted}
+    strategy = space.strategy.switched_to(row.strategy).model_dump(mode="json")
 
     def edit(data: dict[str, Any]) -> None:
-        data["strategy"] = {"name": row.strategy, **options}
+        data["strategy"] = strategy
         if row.local_only:
             data["candidates"] = _local(data["candidates"], "candidates")
             for i, rule in enumerate(data["insert"]):

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from rfsearch.console import console
-from rfsearch.errors import RfsearchError
+from rfsearch.errors import ConfigError, RfsearchError
 
 app = typer.Typer(
     name="rfsearch",
@@ -69,6 +69,19 @@ def inspect(
     console.print(costs)
 
 
+def _switch_strategy(space, name: str):
+    """The space running strategy ``name``; options of the file's strategy that ``name`` does not
+    take are dropped, with a note (the file stays as written)."""
+    try:
+        switched = space.strategy.switched_to(name)
+    except (ValueError, ImportError) as err:
+        raise ConfigError(str(err), path="--strategy") from None
+    dropped = sorted(set(space.strategy.model_extra or {}) - set(switched.model_extra or {}))
+    if dropped and name != space.strategy.name:
+        console.print(f"[bold yellow]note:[/] --strategy {name}: the space's {space.strategy.name} options {', '.join(dropped)} do not apply and are left out")
+    return space.model_copy(update={"strategy": switched})
+
+
 @app.command()
 def search(
     space_file: Annotated[Optional[Path], typer.Argument(help="search space YAML (optional with --resume)")] = None,
@@ -84,15 +97,17 @@ def search(
     from rfsearch.search.loop import run_search
     from rfsearch.train.rundir import load_run_config
 
-    extra = {"strategy.name": strategy, "train.seed": seed, "train.device": device}
+    extra = {"train.seed": seed, "train.device": device}
     if resume is not None:
         space = load_run_config(resume)
-        if any(v is not None for v in extra.values()) or overrides:
+        if any(v is not None for v in extra.values()) or overrides or strategy is not None:
             raise RfsearchError("--resume continues a run with its saved config; --set, --strategy, --seed and --device do not apply")
     elif space_file is None:
         raise RfsearchError("give a space file, or --resume RUN_DIR")
     else:
         space = _load(space_file, overrides, extra)
+        if strategy is not None:
+            space = _switch_strategy(space, strategy)
     result = run_search(space, out, resume=resume, show_progress=not quiet)
     _print_arch(result.arch)
     state = "stopped early: every point fixed" if result.stopped_early else "budget spent"

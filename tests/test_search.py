@@ -115,3 +115,15 @@ def test_killed_search_resumes_to_the_same_arch_and_alpha(tmp_path: Path) -> Non
     assert json.loads((full / "arch.json").read_text()) == json.loads((killed / "arch.json").read_text())
     steps = [r["step"] for r in read_jsonl(killed / "history.jsonl") if "final" not in r]
     assert steps == sorted(set(steps)), "history repeats steps after the resume"
+
+
+def test_strategy_flag_switches_a_pmpl_space_and_names_what_it_drops(tmp_path: Path) -> None:
+    """``--strategy uniform`` on a space written for PMPL (rho set) runs uniform, with a note that
+    rho is left out; an unknown name is a config error (exit 2), not a traceback."""
+    run = subprocess.run([*_search_cli(tmp_path / "u", "train.search.epochs=1"), "--strategy", "uniform"], timeout=600, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "rho" in run.stdout and "left out" in run.stdout.replace("\n", " ")
+    assert Arch.load(tmp_path / "u").strategy == "uniform"
+    bad = subprocess.run([*_search_cli(tmp_path / "b"), "--strategy", "nope"], timeout=600, capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "unknown strategy 'nope'" in bad.stdout + bad.stderr

@@ -153,6 +153,14 @@ class StrategyConfig(BaseModel):
 
         return get_strategy(self.name).Options.model_validate(self.model_extra or {})
 
+    def switched_to(self, name: str) -> StrategyConfig:
+        """Strategy ``name`` with the options of this one that it accepts: ``--strategy`` and the
+        ablation rows switch a space written for PMPL to random or uniform without editing it."""
+        from rfsearch.strategies.registry import get_strategy
+
+        accepted = set(get_strategy(name).Options.model_fields)
+        return StrategyConfig(name=name, **{k: v for k, v in (self.model_extra or {}).items() if k in accepted})
+
 
 class WeightOptimizer(StrictModel):
     """SGD for the network weights (the paper's values)."""
