@@ -57,8 +57,8 @@ def test_lr_warmup_ramps_and_arch_warmup_keeps_alpha_still(tmp_path: Path) -> No
     per_epoch = len([r for r in history if r["epoch"] == 0])
     base = space.train.search.optimizer.lr
     ramp = [r["lr"] for r in history[:per_epoch]]
-    # record i holds the lr of step i + 2: the ramp reaches base at the end of the first epoch
-    assert ramp == sorted(ramp) and abs(ramp[0] - base * 2 / per_epoch) < 1e-9 and abs(ramp[-1] - base) < 1e-9
+    # each record holds the rate its step used: base / n, 2 base / n, ..., base over the first epoch
+    assert ramp == sorted(ramp) and abs(ramp[0] - base / per_epoch) < 1e-9 and abs(ramp[-1] - base) < 1e-9
     assert history[-1]["lr"] < base  # then the cosine decay
     start = history[0]["probs"]
     assert all(r["probs"] == start for r in history[:per_epoch])

@@ -168,10 +168,11 @@ def run_search(
                 fixings = strategy.decide(ctx)
                 if fixings:
                     _prune(ctx, supernet, dist, device, strategy)
+                lr = ctx.weight_lr  # the rate this step used
                 scheduler.step()
                 ctx.step += 1
                 if dist.is_main:
-                    append_jsonl(history, _record(ctx, stats, fixings, supernet, scheduler.get_last_lr()[0]))
+                    append_jsonl(history, _record(ctx, stats, fixings, supernet, lr))
                 fixed = f"{n_points - len(supernet.unfixed())}/{n_points}"
                 progress.update(task, advance=1, epoch=epoch, loss=stats.get("loss", 0.0), acc=stats.get("acc", 0.0), fixed=fixed)
                 if strategy.finished():
