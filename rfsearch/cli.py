@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from rfsearch.console import console
 from rfsearch.errors import ConfigError, RfsearchError
+
+if TYPE_CHECKING:  # the CLI imports torch-heavy modules lazily, inside the commands
+    from rfsearch.space.schema import SpaceConfig
 
 app = typer.Typer(
     name="rfsearch",
@@ -69,7 +72,7 @@ def inspect(
     console.print(costs)
 
 
-def _switch_strategy(space, name: str):
+def _switch_strategy(space: SpaceConfig, name: str) -> SpaceConfig:
     """The space running strategy ``name``; options of the file's strategy that ``name`` does not
     take are dropped, with a note (the file stays as written)."""
     try:
@@ -77,7 +80,7 @@ def _switch_strategy(space, name: str):
     except (ValueError, ImportError) as err:
         raise ConfigError(str(err), path="--strategy") from None
     dropped = sorted(set(space.strategy.model_extra or {}) - set(switched.model_extra or {}))
-    if dropped and name != space.strategy.name:
+    if dropped:
         console.print(f"[bold yellow]note:[/] --strategy {name}: the space's {space.strategy.name} options {', '.join(dropped)} do not apply and are left out")
     return space.model_copy(update={"strategy": switched})
 
