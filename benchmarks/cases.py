@@ -39,6 +39,7 @@ class Settings:
     amp: bool = False
     channels_last: bool = False
     space: Path = SPACE
+    overrides: tuple[str, ...] = ()  # --set: applied to the space before each part's own overrides
 
 
 @dataclass
@@ -89,7 +90,7 @@ class Row:
 def load(settings: Settings, *overrides: str):
     from rfsearch.space import load_space
 
-    return load_space(settings.space, list(overrides))
+    return load_space(settings.space, [*settings.overrides, *overrides])
 
 
 def build_pair(settings: Settings) -> tuple[nn.Module, nn.Module, nn.Module]:

@@ -31,6 +31,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--search-arch-lr", type=float, default=None, help="α learning rate (default: the space's, plus a second pair at --search-fast-arch-lr)")
     p.add_argument("--search-fast-arch-lr", type=float, default=0.5, help="α lr of the second search pair, where points cross ρ within the budget (0: skip it)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (CUDA only; default on for CUDA)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of spaces/mbv2_metapool.yaml for the step and search parts, as rfsearch --set does (repeatable)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC tensors and models (default on for CUDA, off on CPU, as the search loop does)")
     return p.parse_args(argv)
 
@@ -53,6 +54,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
     s.search_fast_arch_lr = args.search_fast_arch_lr or None
     s.amp = cuda if args.amp is None else (args.amp and cuda)
     s.channels_last = cuda if args.channels_last is None else args.channels_last
+    s.overrides = tuple(args.overrides)
     return s
 
 

@@ -143,7 +143,7 @@ def test_row_semantics_on_the_default_space() -> None:
         arch = fixed_row_arch(space, ROWS[row], 1000)
         assert len(arch.points) == 16 and {p.choice_names[0] for p in arch.points} == {ROWS[row].op}
         sizes[row] = child_report(arch)["child"]["params"]
-    assert sizes["no"] == 3_504_872
+    assert sizes["no"] == 1_968_680  # torchvision's MobileNetV2 0.5 at 1000 classes: the backbone itself
     assert sizes["global"] == sizes["coordatt"] > sizes["no"]
     assert sizes["se"] > sizes["no"] and sizes["cbam"] > sizes["no"]
 

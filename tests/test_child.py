@@ -242,6 +242,8 @@ def test_retrain_lowers_the_loss_and_writes_a_reloadable_run(tmp_path: Path) -> 
     history = read_jsonl(run / rundir.HISTORY)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+    rates = [r["lr"] for r in history]  # each epoch's last step: cosine, still above zero at the end
+    assert rates == sorted(rates, reverse=True) and rates[-1] > 0
     metrics = read_json(run / rundir.METRICS)
     assert metrics["finished"] and metrics["per_epoch"] == history
     assert metrics["best"]["top1"] == max(r["top1"] for r in history)

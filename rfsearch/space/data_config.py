@@ -27,7 +27,7 @@ class EmbeddedConfig(StrictModel):
     test_size: int = Field(1000, ge=3, description="held-out test images, never used by the search")
     image_size: int = Field(64, ge=8, le=512, description="square images, pixels per side")
     line_dots: int = Field(6, ge=3, description="dots on the line; their spacing is image_size // line_dots")
-    clutter_density: float = Field(0.01, ge=0.0, le=0.1, description="clutter dots per pixel of the image")
+    clutter_density: float = Field(0.005, ge=0.0, le=0.1, description="clutter dots per pixel of the image (20 at 64 px)")
     dot_size: int = Field(2, ge=1, le=8, description="side of a square dot, pixels")
     noise: int = Field(8, ge=0, le=64, description="amplitude of the uniform pixel noise, 0..255 scale")
 

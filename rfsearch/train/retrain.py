@@ -159,6 +159,7 @@ def run_retrain(
                 if recipe.grad_clip is not None:
                     nn.utils.clip_grad_norm_(child.parameters(), recipe.grad_clip)
                 optimizer.step()
+                lr = scheduler.get_last_lr()[0]  # the rate this step used: the record keeps the epoch's last
                 scheduler.step()
                 step += 1
                 sums[0] += loss.detach() * y.numel()
@@ -172,7 +173,7 @@ def run_retrain(
             record = {
                 "epoch": epoch + 1,
                 "step": step,
-                "lr": scheduler.get_last_lr()[0],
+                "lr": lr,
                 "train_loss": round(sums[0].item() / sums[2].item(), 5),
                 "train_acc": round(100 * sums[1].item() / sums[2].item(), 3),
                 "val_loss": round(val["loss"], 5),
