@@ -34,8 +34,6 @@ class Settings:
     search_epochs: int | None = None  # None: the space's own recipe
     search_steps: int | None = None
     search_repeats: int = 1
-    search_arch_lr: float | None = None
-    search_fast_arch_lr: float | None = 0.5
     amp: bool = False
     channels_last: bool = False
     space: Path = SPACE
@@ -213,7 +211,7 @@ def supernet_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
 # --------------------------------------------------------------------------------------------
 
 
-def search_overrides(settings: Settings, rho: str, arch_lr: float | None) -> list[str]:
+def search_overrides(settings: Settings, rho: str) -> list[str]:
     """The space's own search recipe (its default budget), with only ρ changed; ``--quick`` and the
     ``--search-*`` options shorten it."""
     out = [f"strategy.rho={rho}", f"train.device={settings.device.type}", f"train.amp={str(settings.amp).lower()}", f"train.channels_last={str(settings.channels_last).lower()}"]
@@ -221,35 +219,22 @@ def search_overrides(settings: Settings, rho: str, arch_lr: float | None) -> lis
         out.append(f"train.search.epochs={settings.search_epochs}")
     if settings.search_steps:
         out.append(f"train.search.steps_per_epoch={settings.search_steps}")
-    if arch_lr:
-        out.append(f"train.search.arch_optimizer.lr={arch_lr}")
     return out
 
 
 def pmpl_search(settings: Settings, log: Callable[[str], None]) -> tuple[list[Row], Any]:
-    """PMPL with the space's recipe; then, unless an α lr was given, the same budget with α lr
-    ``settings.search_fast_arch_lr``, where points cross ρ within the budget and the saving of
-    progressive fixing shows. Returns the rows and the searched arch (of the first pair)."""
-    rows, arch = _search_pair(settings, log, settings.search_arch_lr, "PMPL search wall time")
-    if settings.search_arch_lr is None and settings.search_fast_arch_lr:
-        more, _ = _search_pair(settings, log, settings.search_fast_arch_lr, f"PMPL search wall time, α lr {settings.search_fast_arch_lr}")
-        rows += more
-    return rows, arch
-
-
-def _search_pair(settings: Settings, log: Callable[[str], None], arch_lr: float | None, title: str) -> tuple[list[Row], Any]:
     """Wall time of ``run_search`` (data, steps, fixing, checkpoints, history: everything) with
     PMPL's progressive fixing and stopping, and with ``rho: null`` (every point open for the whole
-    budget, then fixed to argmax), same seed, alternating."""
+    budget, then fixed to argmax), same seed, alternating. Returns the row and PMPL's arch."""
     from rfsearch.search.loop import run_search
 
-    spaces = {"pmpl": load(settings, *search_overrides(settings, "0.2", arch_lr)), "rho null": load(settings, *search_overrides(settings, "null", arch_lr))}
+    spaces = {"pmpl": load(settings, *search_overrides(settings, "0.2")), "rho null": load(settings, *search_overrides(settings, "null"))}
     results: dict[str, Any] = {}
     samples: dict[str, Timing] = {k: Timing() for k in spaces}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(settings.search_repeats):
             for name in (list(spaces) if r % 2 == 0 else list(spaces)[::-1]):
-                log(f"search ({name}{f', α lr {arch_lr}' if arch_lr else ''}), repeat {r + 1}/{settings.search_repeats}")
+                log(f"search ({name}), repeat {r + 1}/{settings.search_repeats}")
                 start = time.perf_counter()
                 result = run_search(spaces[name], Path(tmp) / f"{name.replace(' ', '_')}-{r}", show_progress=False)
                 samples[name].samples.append(time.perf_counter() - start)
@@ -263,7 +248,7 @@ def _search_pair(settings: Settings, log: Callable[[str], None], arch_lr: float 
         f"pmpl ran {pm.steps} of {null.steps} steps; {len(early)} of {len(fixed_at)} points crossed ρ"
         + (f" (steps {early[0]}–{early[-1]})" if early else " (the rest fixed to argmax at the end)")
     )
-    row = _ratio_row("search", title, samples, "pmpl", "rho null", 0.6, note)
+    row = _ratio_row("search", "PMPL search wall time", samples, "pmpl", "rho null", 0.6, note)
     row.extra.update({"pmpl_fixed_steps": fixed_at, "pmpl_steps": pm.steps, "null_steps": null.steps})
     return [row], pm.arch
 

@@ -28,8 +28,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--search-epochs", type=int, default=None, help="search budget: epochs (default: the space's; quick 2)")
     p.add_argument("--search-steps", type=int, default=None, help="search budget: steps per epoch cap (default: the space's; quick 8)")
     p.add_argument("--search-repeats", type=int, default=None, help="searches per variant (default 1)")
-    p.add_argument("--search-arch-lr", type=float, default=None, help="α learning rate (default: the space's, plus a second pair at --search-fast-arch-lr)")
-    p.add_argument("--search-fast-arch-lr", type=float, default=0.5, help="α lr of the second search pair, where points cross ρ within the budget (0: skip it)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (CUDA only; default on for CUDA)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of spaces/mbv2_metapool.yaml for the step and search parts, as rfsearch --set does (repeatable)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC tensors and models (default on for CUDA, off on CPU, as the search loop does)")
@@ -50,8 +48,6 @@ def settings_of(args: argparse.Namespace) -> Settings:
     s.search_epochs = args.search_epochs or (2 if args.quick else None)
     s.search_steps = args.search_steps or (8 if args.quick else None)
     s.search_repeats = args.search_repeats or 1
-    s.search_arch_lr = args.search_arch_lr
-    s.search_fast_arch_lr = args.search_fast_arch_lr or None
     s.amp = cuda if args.amp is None else (args.amp and cuda)
     s.channels_last = cuda if args.channels_last is None else args.channels_last
     s.overrides = tuple(args.overrides)
