@@ -20,13 +20,11 @@ from rfsearch.errors import RfsearchError
 from rfsearch.io import read_json
 from rfsearch.report import child_report
 
+from tests import tiny
+
 SPACE = "spaces/custom_backbone.yaml"
 TINY = [
-    "backbone.input_size=16",
-    "backbone.kwargs.width=8",
-    "data.embedded.image_size=16",
-    "data.embedded.train_size=96",
-    "data.embedded.test_size=32",
+    *tiny.TINY,
     "train.search.epochs=1",
     "train.retrain.epochs=1",
     "train.search.batch_size=16",

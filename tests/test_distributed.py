@@ -34,6 +34,8 @@ from torch import nn
 from rfsearch.strategies.pmpl import PMPL
 from rfsearch.strategies.uniform import UniformSampling
 
+from tests import tiny
+
 REPO = Path(__file__).resolve().parents[1]
 MODULE = "tests.test_distributed"
 PROBE_ENV, CRASH_ENV = "RFSEARCH_TEST_PROBE", "RFSEARCH_TEST_CRASH_AT"
@@ -60,12 +62,8 @@ train:
   search: {{epochs: {EPOCHS}, batch_size: 8, arch_optimizer: {{lr: 0.1}}}}
 """
 
-TINY = [  # tests/test_search.py's tiny space, BatchNorm included, B = 8 per process
-    "backbone.input_size=16",
-    "backbone.kwargs.width=8",
-    "data.embedded.image_size=16",
-    "data.embedded.train_size=96",
-    "data.embedded.test_size=32",
+TINY = [  # the shared tiny space, BatchNorm included, B = 8 per process
+    *tiny.TINY,
     "train.search.batch_size=8",
     "train.search.arch_optimizer.lr=0.05",
     "train.device=cpu",

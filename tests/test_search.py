@@ -16,12 +16,10 @@ import torch
 from rfsearch import Arch, build_child, load_space, run_search
 from rfsearch.io import load_checkpoint, read_jsonl
 
+from tests import tiny
+
 TINY = [
-    "backbone.input_size=16",
-    "backbone.kwargs.width=8",
-    "data.embedded.image_size=16",
-    "data.embedded.train_size=96",
-    "data.embedded.test_size=32",
+    *tiny.TINY,
     "train.search.batch_size=16",
     "train.search.arch_optimizer.lr=0.05",
 ]
