@@ -207,6 +207,45 @@ def supernet_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
 
 
 # --------------------------------------------------------------------------------------------
+# 2b. One PMPL step: the weight gradient at the new α (Algorithm 1) vs reused from before α moved
+# --------------------------------------------------------------------------------------------
+
+
+def pmpl_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
+    """PMPL's whole step (θ′, α step on a meta batch, weight step) with ``weight_grad: after_alpha``
+    (a second forward and backward) and ``reuse``, on one supernet each from the same seed, at the
+    space's resolution and the benchmark's batch."""
+    from rfsearch.search.context import SearchContext
+    from rfsearch.strategies.pmpl import PMPL
+    from rfsearch.supernet import build_supernet
+    from rfsearch.train.engine import sgd
+
+    space = load(settings)
+    res = space.backbone.input_size
+    train, meta = batch(settings, res, seed=0), batch(settings, res, seed=1)
+    recipe = space.train.search
+    fns = {}
+    for mode in ("after_alpha", "reuse"):
+        torch.manual_seed(0)
+        net = _place(build_supernet(space, NUM_CLASSES), settings).train()
+        ctx = SearchContext(
+            supernet=net,
+            model=net,
+            weight_optimizer=sgd(net.weight_parameters(), recipe.optimizer),
+            arch_optimizer=torch.optim.Adam(net.arch_parameters(), lr=recipe.arch_optimizer.lr),
+            device=settings.device,
+            amp=settings.amp,
+            channels_last=settings.channels_last,
+            grad_clip=recipe.grad_clip,
+        )
+        strategy = PMPL(PMPL.Options.model_validate({**space.strategy_options().model_dump(), "rho": None, "weight_grad": mode}), net, seed=0)
+        fns[mode] = lambda strategy=strategy, ctx=ctx: strategy.step(ctx, train, meta)
+    log(f"PMPL step at {res} px, batch {settings.batch}: {settings.rounds} rounds")
+    timings = compare(fns, settings.rounds, settings.warmup, settings.device)
+    return [_ratio_row("pmpl", f"PMPL step {res}px bs{settings.batch}, weight gradient at the new α / reused", timings, "after_alpha", "reuse", None, "the α phase of the search; α-frozen warm-up steps cost the same in both")]
+
+
+# --------------------------------------------------------------------------------------------
 # 3. PMPL search vs the same search with rho: null
 # --------------------------------------------------------------------------------------------
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.cases import Row, Settings, child_rows, pmpl_search, supernet_steps
+from benchmarks.cases import Row, Settings, child_rows, pmpl_search, pmpl_steps, supernet_steps
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="rfsearch performance ratios, measured side by side")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     p.add_argument("--quick", action="store_true", help="fewer rounds and a shorter search: a smoke run, not for the record")
-    p.add_argument("--only", default="step,search,child", help="comma-separated parts: step (supernet step + memory), search, child")
+    p.add_argument("--only", default="step,search,child", help="comma-separated parts: step (supernet step + memory), pmpl-step (PMPL's step, after_alpha vs reuse), search, child")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every number to FILE")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per comparison (default 7; quick 3)")
     p.add_argument("--batch", type=int, default=None, help="training batch size (default 32 on CPU, 128 on CUDA)")
@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     settings = settings_of(args)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    unknown = parts - {"step", "search", "child"}
+    unknown = parts - {"step", "pmpl-step", "search", "child"}
     if unknown:
-        raise SystemExit(f"unknown part(s) {sorted(unknown)}; choose from step, search, child")
+        raise SystemExit(f"unknown part(s) {sorted(unknown)}; choose from step, pmpl-step, search, child")
 
     def log(message: str) -> None:
         print(f"  · {message}", file=sys.stderr, flush=True)
@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     arch = None
     if "step" in parts:
         rows += supernet_steps(settings, log)
+    if "pmpl-step" in parts:
+        rows += pmpl_steps(settings, log)
     if "search" in parts:
         search, arch = pmpl_search(settings, log)
         rows += search

@@ -17,6 +17,7 @@ allocator (oneDNN scratch space, for instance) is not seen, for both variants al
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -38,6 +39,10 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
 
 def _cpu_peak(fn: Callable[[], object]) -> int | None:
     from torch.profiler import ProfilerActivity, profile
+
+    # Kineto, the profiler's backend, logs to stderr (ERROR: a failed GPU probe; USDT: start and
+    # stop) at levels up to 5; 6 silences it. It reads the variable when a profile starts.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()

@@ -6,7 +6,8 @@ strategy) → ``Arch`` → ``build_child`` → retrain / export.
 
 from rfsearch.arch import Arch
 from rfsearch.discretize import build_child, discretize, load_child
-from rfsearch.errors import ConfigError, RfsearchError
+from rfsearch.erf import ErfMap, effective_receptive_field
+from rfsearch.errors import ConfigError, RfsearchError, RunStopped
 from rfsearch.export import export_child
 from rfsearch.ops import Candidate, register_op
 from rfsearch.report import child_report
@@ -23,10 +24,12 @@ __all__ = [
     "Arch",
     "Candidate",
     "ConfigError",
+    "ErfMap",
     "Fixing",
     "MixedOp",
     "RetrainResult",
     "RfsearchError",
+    "RunStopped",
     "SearchResult",
     "SpaceConfig",
     "Strategy",
@@ -36,6 +39,7 @@ __all__ = [
     "child_report",
     "describe_space",
     "discretize",
+    "effective_receptive_field",
     "export_child",
     "load_child",
     "load_space",

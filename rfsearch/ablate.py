@@ -1,19 +1,23 @@
 """The paper's ablation in one run: every row (a fixed enhancer, or a strategy) over several seeds,
 retrained with one recipe and budget, summarised as a table (Markdown, CSV) and plots.
 
-Rows (the paper's Table 3, and Tables 2 and 4 for the attention baselines):
+Rows. The first five are the paper's Table 3, under its names and with its meanings; ``pmpl3``
+is PMPL over Random's three enhancers (its like-for-like partner); the rest are this project's.
 
-==========  ===================================================================================
-``no``       no enhancer: the plain backbone (every point ``skip``, no post layers)
-``local``    "local only": PMPL over the space's local candidates (skip, avg/max pools)
-``global``   every point fixed to ``global`` (spatial separable pooling), no search
-``random``   the ``random`` strategy: one candidate per point drawn from the seed
-``uniform``  the ``uniform`` strategy (single-path sampling, then greedy choice)
-``pmpl``     the ``pmpl`` strategy (the method)
-``se``       every point fixed to ``se`` (Squeeze-and-Excitation)
-``cbam``     every point fixed to ``cbam``
-``coordatt`` every point fixed to ``coordatt`` (Coordinate Attention)
-==========  ===================================================================================
+==============  ==============================================================================
+``no``          No: ``skip`` at every point and no post layers (the plain backbone)
+``local``       Local: ``avgpool3`` at every point, no search
+``global``      Global: ``global`` (spatial separable pooling) at every point, no search
+``random``      Random: per point one of skip / avgpool3 / global, drawn from the seed
+``pmpl``        PMPL over the space's candidates (the method)
+``pmpl3``       PMPL over skip / avgpool3 / global
+``random8``     one of the space's candidates per point, drawn from the seed
+``pmpl-local``  PMPL over the space's local candidates (skip, avg and max pools)
+``uniform``     single-path uniform sampling over the space's candidates, then greedy choice
+``se``          SE (Hu et al.) at every point; ``se-mnv3`` MobileNetV3's SE block
+``cbam``        CBAM (Woo et al.) at every point
+``coordatt``    Coordinate Attention at every point
+==============  ==============================================================================
 
 A searched row runs :func:`rfsearch.search.loop.run_search` with ``strategy.name`` set; every row
 then runs :func:`rfsearch.train.retrain.run_retrain` with the space's ``train.retrain``. Seed ``s``
@@ -53,22 +57,31 @@ from rfsearch.errors import RfsearchError
 from rfsearch.io import read_json, write_json, write_text
 from rfsearch.ops.registry import Candidate, expand_candidates
 from rfsearch.space.schema import SpaceConfig
+from rfsearch.stats import CONFIDENCE, Interval, mean_interval, paired_difference
 from rfsearch.train import rundir
 
 ABLATION_FORMAT = "rfsearch-ablation/1"
 MANIFEST = "ablation.json"
-LOCAL_OPS = frozenset({"skip", "avgpool", "maxpool"})
+THREE_ENHANCERS: tuple[Any, ...] = ("skip", {"avgpool": {"k": 3}}, "global")
+"""Table 3's three enhancers: no, local (average pooling, k = 3), global."""
 
 
 @dataclass(frozen=True)
 class Row:
-    """One row of the ablation: a fixed op at every point (``op``) or a search (``strategy``)."""
+    """One row of the ablation, as data: which candidates every point gets and who chooses.
+
+    ``candidates``: entries in the space's own candidate syntax (a candidate the space also has,
+    by name, keeps the space's parameters); ``kinds``: the space's candidates of these ops; neither:
+    the space's candidates. One candidate and no ``strategy`` is a fixed row (no search).
+    ``plain``: no post layers either, so the row is the backbone itself.
+    """
 
     name: str
     label: str
-    op: str | None = None
+    candidates: tuple[Any, ...] | None = None
+    kinds: tuple[str, ...] | None = None
     strategy: str | None = None
-    local_only: bool = False
+    plain: bool = False
 
     @property
     def searched(self) -> bool:
@@ -78,19 +91,22 @@ class Row:
 ROWS: dict[str, Row] = {
     r.name: r
     for r in (
-        Row("no", "no enhancer (backbone)", op="skip"),
-        Row("local", "local only (PMPL, no global)", strategy="pmpl", local_only=True),
-        Row("global", "global only", op="global"),
-        Row("random", "random choice", strategy="random"),
-        Row("uniform", "uniform sampling", strategy="uniform"),
+        Row("no", "No (skip everywhere: the backbone)", candidates=("skip",), plain=True),
+        Row("local", "Local (avgpool3 everywhere)", candidates=({"avgpool": {"k": 3}},)),
+        Row("global", "Global (spatial separable pooling everywhere)", candidates=("global",)),
+        Row("random", "Random (skip / avgpool3 / global per point)", candidates=THREE_ENHANCERS, strategy="random"),
         Row("pmpl", "PMPL", strategy="pmpl"),
-        Row("se", "SE", op="se"),
-        Row("cbam", "CBAM", op="cbam"),
-        Row("coordatt", "CoordAttention", op="coordatt"),
+        Row("pmpl3", "PMPL over skip / avgpool3 / global", candidates=THREE_ENHANCERS, strategy="pmpl"),
+        Row("random8", "random choice among the space's candidates", strategy="random"),
+        Row("pmpl-local", "PMPL over the local candidates", kinds=("skip", "avgpool", "maxpool"), strategy="pmpl"),
+        Row("uniform", "uniform sampling", strategy="uniform"),
+        Row("se", "SE (r = 16)", candidates=("se",)),
+        Row("se-mnv3", "MobileNetV3's SE block", candidates=("se_mnv3",)),
+        Row("cbam", "CBAM", candidates=("cbam",)),
+        Row("coordatt", "CoordAttention", candidates=("coordatt",)),
     )
 }
-DEFAULT_ROWS: tuple[str, ...] = ("no", "local", "global", "random", "pmpl")
-DEFAULT_SEEDS = 2
+DEFAULT_ROWS: tuple[str, ...] = ("no", "local", "global", "random", "pmpl3", "pmpl")
 
 
 def parse_rows(text: str | Iterable[str]) -> list[str]:
@@ -120,50 +136,53 @@ def seed_space(space: SpaceConfig, seed: int) -> SpaceConfig:
     return _variant(space, lambda d: d["train"].__setitem__("seed", seed))
 
 
+def row_candidates(space: SpaceConfig, row: Row, own: list[Candidate]) -> list[Candidate]:
+    """The candidates ``row`` puts where the space has ``own`` (the space's list or a rule's)."""
+    if row.kinds is not None:
+        kept = [c for c in own if c.op in row.kinds]
+        if len(kept) < 2:
+            raise RfsearchError(f"row '{row.name}' needs at least two candidates of {list(row.kinds)}; the space has {[c.name for c in own]}")
+        return kept
+    if row.candidates is None:
+        return own
+    known = {c.name: c for group in space.candidates for c in group} | {c.name: c for c in own}
+    return [known.get(c.name, c) for entry in row.candidates for c in expand_candidates(entry)]
+
+
 def search_space(space: SpaceConfig, row: Row) -> SpaceConfig:
-    """The space a searched row runs: its strategy (keeping the options that strategy accepts) and,
-    for ``local``, only the local candidates at every point."""
+    """The space a searched row runs: its strategy (keeping the options that strategy accepts) and
+    the row's candidates at every point."""
     assert row.strategy is not None
     strategy = space.strategy.switched_to(row.strategy).model_dump(mode="json")
 
+    def group(own: list[Candidate]) -> list[list[dict[str, Any]]]:
+        return [[c.to_dict() for c in row_candidates(space, row, own)]]
+
     def edit(data: dict[str, Any]) -> None:
         data["strategy"] = strategy
-        if row.local_only:
-            data["candidates"] = _local(data["candidates"], "candidates")
-            for i, rule in enumerate(data["insert"]):
-                if rule.get("candidates") is not None:
-                    rule["candidates"] = _local(rule["candidates"], f"insert[{i}].candidates")
+        data["candidates"] = group([c for g in space.candidates for c in g])
+        for rule, original in zip(data["insert"], space.insert):
+            if original.candidates is not None:
+                rule["candidates"] = group([c for g in original.candidates for c in g])
 
     return _variant(space, edit)
 
 
-def _local(groups: list[list[dict[str, Any]]], where: str) -> list[list[dict[str, Any]]]:
-    kept = [[c for c in group if c["op"] in LOCAL_OPS] for group in groups]
-    kept = [g for g in kept if g]
-    if sum(len(g) for g in kept) < 2:
-        raise RfsearchError(f"the 'local' row needs at least two local candidates (skip, avgpool, maxpool) in {where}; the space has {groups}")
-    return kept
-
-
 def fixed_row_arch(space: SpaceConfig, row: Row, num_classes: int | None) -> Arch:
-    """The arch of a fixed row: ``row.op`` at every insertion point of ``space``, with the params of
-    the space's own candidate of that op if it has one (else the registry's defaults). The ``no``
-    row is the plain backbone: ``skip`` and no post layers."""
+    """The arch of a fixed row: its one candidate at every insertion point of ``space``."""
     from rfsearch.graph.backbone import build_backbone
     from rfsearch.graph.points import discover_points
 
-    assert row.op is not None
+    assert not row.searched
     try:
         backbone = build_backbone(space.backbone, num_classes)
     except ValueError as err:
         raise space.error_at(("backbone",), str(err)) from None
     points = discover_points(backbone, space)
-    default = expand_candidates(row.op)[0]
     fixed = []
     for p in points:
-        own = next((c for c in p.candidates if c.op == row.op), None)
-        cand = Candidate(default.name, row.op, dict(own.params)) if own is not None else default
-        fixed.append(dataclasses.replace(p, candidates=(cand,), post=() if row.name == "no" else p.post))
+        (cand,) = row_candidates(space, row, list(p.candidates))
+        fixed.append(dataclasses.replace(p, candidates=(cand,), post=() if row.plain else p.post))
     return fixed_arch(fixed, lambda p: [p.candidates[0].name], backbone=space.backbone, num_classes=num_classes, space=space.name, strategy=row.name)
 
 
@@ -200,13 +219,22 @@ class RowSummary:
         return [c.top1 for c in self.cells]
 
     @property
+    def by_seed(self) -> dict[int, float]:
+        return {c.seed: c.top1 for c in self.cells}
+
+    @property
+    def interval(self) -> Interval:
+        """Mean top-1 over seeds with the sample std and the 95 % Student-t interval (none for one seed)."""
+        return mean_interval(self.top1)
+
+    @property
     def mean(self) -> float:
-        return statistics.fmean(self.top1)
+        return self.interval.mean
 
     @property
     def std(self) -> float:
         """Sample standard deviation over seeds (0 for one seed)."""
-        return statistics.stdev(self.top1) if len(self.cells) > 1 else 0.0
+        return self.interval.std
 
     @property
     def params(self) -> list[int]:
@@ -229,10 +257,11 @@ class AblationResult:
     def row(self, name: str) -> RowSummary:
         return next(r for r in self.rows if r.row == name)
 
-    def delta(self, name: str) -> float | None:
-        """Mean top-1 of a row minus that of the ``no`` row (None without a ``no`` row)."""
+    def delta(self, name: str) -> Interval | None:
+        """The row's top-1 minus the ``no`` row's on the same seed, over the seeds both ran: mean and
+        95 % interval (None without a ``no`` row). Pairing removes what a seed does to both rows."""
         base = next((r for r in self.rows if r.row == "no"), None)
-        return None if base is None else self.row(name).mean - base.mean
+        return None if base is None else paired_difference(self.row(name).by_seed, base.by_seed)
 
     @property
     def skipped(self) -> list[tuple[str, int]]:
@@ -265,20 +294,22 @@ def run_ablation(
     out: str | Path | None = None,
     *,
     rows: Sequence[str] = DEFAULT_ROWS,
-    seeds: int | Sequence[int] = DEFAULT_SEEDS,
+    seeds: int | Sequence[int] | None = None,
     resume: str | Path | None = None,
     space_file: str | None = None,
     show_progress: bool = True,
 ) -> AblationResult:
     """Run (or continue, with ``resume``) every row × seed; write the table and the plots.
 
-    ``seeds``: a count (``train.seed``, ``train.seed + 1``, …) or the seeds themselves.
+    ``seeds``: a count (``train.seed``, ``train.seed + 1``, …) or the seeds themselves; None:
+    :func:`default_seeds` of the space.
     """
     from rfsearch.search.loop import resolved_num_classes, run_search
     from rfsearch.train.retrain import run_retrain
 
     started = time.perf_counter()
     names = parse_rows(rows)
+    seeds = default_seeds(space) if seeds is None else seeds
     seed_list = list(range(space.train.seed, space.train.seed + seeds)) if isinstance(seeds, int) else list(dict.fromkeys(seeds))
     if not seed_list:
         raise RfsearchError("an ablation needs at least one seed")
@@ -349,10 +380,8 @@ def run_ablation(
     result.files = write_outputs(result)
     result.wall_time_s = time.perf_counter() - started
     manifest["results"] = {
-        "rows": [
-            {"row": r.row, "label": r.label, "top1_mean": round(r.mean, 3), "top1_std": round(r.std, 3), "delta_vs_no": _round(result.delta(r.row)), "cells": [c.to_dict() for c in r.cells]}
-            for r in summaries
-        ],
+        "confidence": CONFIDENCE,
+        "rows": [_row_results(result, r) for r in summaries],
         "compute_s": round(result.compute_s, 1),
     }
     write_json(root / MANIFEST, manifest)
@@ -378,6 +407,36 @@ def _round(x: float | None, digits: int = 3) -> float | None:
     return None if x is None else round(x, digits)
 
 
+def _bounds(ci: Interval | None) -> list[float] | None:
+    return None if ci is None or ci.half_width is None else [round(ci.mean - ci.half_width, 3), round(ci.mean + ci.half_width, 3)]
+
+
+def _row_results(result: AblationResult, r: RowSummary) -> dict[str, Any]:
+    """A row in ablation.json: top-1 mean, std and 95 % interval; the paired difference to ``no`` with its interval."""
+    delta = result.delta(r.row)
+    return {
+        "row": r.row,
+        "label": r.label,
+        "top1_mean": round(r.mean, 3),
+        "top1_std": round(r.std, 3),
+        "top1_ci95": _bounds(r.interval),
+        "delta_vs_no": None if delta is None else _round(delta.mean),
+        "delta_ci95": _bounds(delta),
+        "delta_resolved": None if delta is None or r.row == "no" else delta.resolved,
+        "cells": [c.to_dict() for c in r.cells],
+    }
+
+
+EMBEDDED_SEEDS, REAL_DATA_SEEDS = 2, 5
+
+
+def default_seeds(space: SpaceConfig) -> int:
+    """Seeds per row when none are given. Real data: 5, so a 95 % interval spans ±1.24 std
+    (t(0.975, 4) / √5) instead of ±9.0 with 2. The generated task keeps 2: its rows differ by
+    tens of points and each of its retrains costs minutes of this project's 2 cores."""
+    return EMBEDDED_SEEDS if space.data.dataset == "embedded" else REAL_DATA_SEEDS
+
+
 # ----------------------------------------------------------------------------- table and files
 
 
@@ -392,12 +451,32 @@ def _size(values: list[int]) -> str:
     return _human(lo) if _human(lo) == _human(hi) else f"{_human(lo)}–{_human(hi)}"
 
 
-def _delta(d: float | None) -> str:
-    return "-" if d is None else f"{d:+.2f}"
+def _interval(ci: Interval | None, sign: str = "") -> str:
+    """``[lo, hi]`` of an interval; ``-`` without one (one seed, or no ``no`` row)."""
+    return "-" if ci is None or ci.half_width is None else f"[{ci.low:{sign}.2f}, {ci.high:{sign}.2f}]"
+
+
+def _delta(d: Interval | None) -> str:
+    if d is None:
+        return "-"
+    return f"{d.mean:+.2f}" if d.half_width is None else f"{d.mean:+.2f} {_interval(d, '+')}"
+
+
+def reading(result: AblationResult, name: str) -> str:
+    """Whether the row's paired difference to ``no`` is resolved (its interval excludes 0) or within noise."""
+    d = result.delta(name)
+    if d is None or name == "no":
+        return "-"
+    if d.half_width is None:
+        return "one seed"
+    if not d.resolved:
+        return "within noise"
+    return "above no" if d.mean > 0 else "below no"
 
 
 def table_rows(result: AblationResult) -> list[list[str]]:
-    """The table as text cells: row, what, params, MACs, top-1 mean ± std, Δ vs no, per seed."""
+    """The table as text cells: row, what, params, MACs, top-1 mean ± std, its 95 % interval, Δ vs no
+    (paired by seed) with its interval, the reading of Δ, top-1 per seed."""
     lines = []
     for r in result.rows:
         lines.append(
@@ -407,14 +486,17 @@ def table_rows(result: AblationResult) -> list[list[str]]:
                 _size(r.params),
                 _size(r.macs),
                 f"{r.mean:.2f} ± {r.std:.2f}",
+                _interval(r.interval),
                 "-" if r.row == "no" else _delta(result.delta(r.row)),
+                reading(result, r.row),
                 " ".join(f"{t:.1f}" for t in r.top1),
             ]
         )
     return lines
 
 
-HEADER = ["row", "what", "params", "MACs", "top-1 %", "Δ vs no", "top-1 per seed"]
+HEADER = ["row", "what", "params", "MACs", "top-1 %", "95 % CI", "Δ vs no", "Δ reading", "top-1 per seed"]
+_RIGHT = ("params", "MACs", "Δ vs no")
 
 
 def rich_table(result: AblationResult) -> Table:
@@ -422,16 +504,38 @@ def rich_table(result: AblationResult) -> Table:
     table = Table(title=f"ablation: {len(result.rows)} rows × seeds {', '.join(map(str, result.seeds))} (final top-1 on the validation split)")
     for column in HEADER:
         if column != "what":
-            table.add_column(column, justify="right" if column in ("params", "MACs", "Δ vs no") else "left", no_wrap=column != "top-1 per seed")
+            table.add_column(column, justify="right" if column in _RIGHT else "left", no_wrap=column != "top-1 per seed")
     for line in table_rows(result):
         table.add_row(*(cell for column, cell in zip(HEADER, line) if column != "what"))
     return table
 
 
+def interval_notes(result: AblationResult) -> str:
+    """The reading under the table: how the intervals are made, and which differences to ``no`` are resolved."""
+    percent = f"{CONFIDENCE * 100:g} %"
+    text = (
+        f"top-1 %: mean ± sample std over the seeds; {percent} CI: Student-t interval of the mean. "
+        f"Δ vs no: the row's top-1 minus the `no` row's on the same seed, mean and {percent} t-interval over the seeds; "
+        "resolved when the interval excludes 0.\n"
+    )
+    if not any(r.row == "no" for r in result.rows):
+        return text + "\nNo `no` row: no differences to read.\n"
+    verdicts = {r.row: reading(result, r.row) for r in result.rows if r.row != "no"}
+    if not verdicts:
+        return text
+    if all(v == "one seed" for v in verdicts.values()):
+        return text + "\nOne seed: no interval, so no difference is resolved.\n"
+    resolved = [f"`{n}` {_delta(result.delta(n))}" for n, v in verdicts.items() if v in ("above no", "below no")]
+    noise = [f"`{n}` {_delta(result.delta(n))}" for n, v in verdicts.items() if v == "within noise"]
+    text += "\nResolved: " + ("; ".join(resolved) if resolved else "none") + ".\n"
+    text += "Within noise (the interval holds 0): " + ("; ".join(noise) if noise else "none") + ".\n"
+    return text
+
+
 def markdown(result: AblationResult) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---:" if h in ("params", "MACs", "Δ vs no") else "---" for h in HEADER) + "|"]
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---:" if h in _RIGHT else "---" for h in HEADER) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(result)]
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n\n" + interval_notes(result)
     searched = [r for r in result.rows if ROWS[r.row].searched]
     if searched:
         text += "\nChosen ops (points per op) of the searched rows:\n\n"
@@ -442,7 +546,15 @@ def markdown(result: AblationResult) -> str:
     return text
 
 
-CSV_COLUMNS = ["row", "label", "seeds", "params", "params_min", "params_max", "macs", "macs_min", "macs_max", "top1_mean", "top1_std", "top1_min", "top1_max", "delta_vs_no", "top1_per_seed"]
+CSV_COLUMNS = [
+    "row", "label", "seeds", "params", "params_min", "params_max", "macs", "macs_min", "macs_max",
+    "top1_mean", "top1_std", "top1_ci95_low", "top1_ci95_high", "top1_min", "top1_max",
+    "delta_vs_no", "delta_ci95_low", "delta_ci95_high", "delta_resolved", "top1_per_seed",
+]  # fmt: skip
+
+
+def _csv_number(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"
 
 
 def csv_text(result: AblationResult) -> str:
@@ -451,6 +563,7 @@ def csv_text(result: AblationResult) -> str:
     writer.writerow(CSV_COLUMNS)
     for r in result.rows:
         delta = result.delta(r.row)
+        ci = r.interval
         writer.writerow(
             [
                 r.row,
@@ -464,9 +577,14 @@ def csv_text(result: AblationResult) -> str:
                 max(r.macs),
                 f"{r.mean:.3f}",
                 f"{r.std:.3f}",
+                _csv_number(ci.low),
+                _csv_number(ci.high),
                 f"{min(r.top1):.3f}",
                 f"{max(r.top1):.3f}",
-                "" if delta is None else f"{delta:.3f}",
+                "" if delta is None else f"{delta.mean:.3f}",
+                "" if delta is None else _csv_number(delta.low),
+                "" if delta is None else _csv_number(delta.high),
+                "" if delta is None or r.row == "no" or delta.half_width is None else str(delta.resolved).lower(),
                 " ".join(f"{t:.3f}" for t in r.top1),
             ]
         )

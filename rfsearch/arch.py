@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, PrivateAttr, model_validator
 
-from rfsearch.errors import RfsearchError
+from rfsearch.errors import ConfigError
 from rfsearch.graph.points import InsertionPoint
 from rfsearch.io import read_json, write_json
-from rfsearch.ops.registry import Candidate
+from rfsearch.ops.registry import Candidate, get_op
 from rfsearch.space.base import StrictModel
+from rfsearch.space.loader import SourceMap, dotted, validate
 from rfsearch.space.schema import BackboneConfig
 
 ARCH_FORMAT = "rfsearch-arch/1"
@@ -21,6 +22,12 @@ class OpChoice(StrictModel):
     name: str
     op: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_op(self) -> OpChoice:
+        """The op exists and takes these parameters (a kernel of 4 never reaches a child)."""
+        get_op(self.op).validate(self.params)
+        return self
 
     def candidate(self) -> Candidate:
         return Candidate(self.name, self.op, dict(self.params))
@@ -37,8 +44,15 @@ class PointArch(StrictModel):
     candidates: list[str]
     choice: list[OpChoice] | None = Field(None, description="the op, or ops summed (top-2); None while undecided")
     post: list[str] = Field(default_factory=list)
-    probs: dict[str, float] = Field(default_factory=dict, description="π at fixing (or now, if undecided)")
+    probs: dict[str, float] = Field(default_factory=dict, description="π at fixing (or now, if undecided); finite, as every float of a StrictModel")
     fixed_step: int | None = None
+
+    @model_validator(mode="after")
+    def _choice_is_a_candidate(self) -> PointArch:
+        unknown = [c.name for c in self.choice or [] if c.name not in self.candidates]
+        if unknown:
+            raise ValueError(f"choice {unknown} is not among the point's candidates {self.candidates}")
+        return self
 
     @property
     def choice_names(self) -> list[str]:
@@ -50,12 +64,33 @@ class Arch(StrictModel):
     space: str = ""
     strategy: str = ""
     backbone: BackboneConfig
-    num_classes: int | None = Field(None, description="classifier size used in the search (None: the backbone's default)")
+    num_classes: int | None = Field(None, ge=1, description="classifier size used in the search (None: the backbone's default)")
     points: list[PointArch]
+    _file: str | None = PrivateAttr(default=None)  # the file it was loaded from, named by its errors
 
     @property
     def complete(self) -> bool:
         return all(p.choice for p in self.points)
+
+    def __eq__(self, other: object) -> bool:
+        """The same choices, shapes and backbone; which file an arch was read from is not part of it."""
+        return isinstance(other, Arch) and self.model_dump() == other.model_dump()
+
+    @property
+    def file(self) -> str | None:
+        """The file this arch was loaded from (None: built in memory)."""
+        return self._file
+
+    def error_at(self, loc: tuple[str | int, ...], message: str) -> ConfigError:
+        """A ConfigError at a key of this arch, naming its file when it was loaded from one."""
+        return ConfigError(message, file=self._file, path=dotted(loc))
+
+    def check_complete(self) -> Arch:
+        """The arch, if every point has a choice (a child needs them all)."""
+        for i, point in enumerate(self.points):
+            if not point.choice:
+                raise self.error_at(("points", i, "choice"), f"point '{point.path}' is undecided: the search has not fixed it yet (continue the search with --resume)")
+        return self
 
     def choices(self) -> dict[str, list[str]]:
         return {p.path: p.choice_names for p in self.points}
@@ -64,17 +99,18 @@ class Arch(StrictModel):
         return write_json(path, self.model_dump(mode="json"))
 
     @classmethod
-    def load(cls, path: str | Path) -> Arch:
-        """An arch file, or the ``arch.json`` inside a run directory."""
+    def load(cls, path: str | Path, *, complete: bool = False) -> Arch:
+        """An arch file, or the ``arch.json`` inside a run directory. Every problem is one line naming
+        the file and the key; ``complete`` also refuses undecided points (what a child needs)."""
         path = Path(path)
         if path.is_dir():
             path = path / "arch.json"
-        try:
-            return cls.model_validate(read_json(path))
-        except FileNotFoundError:
-            raise RfsearchError(f"no architecture file at {path}") from None
-        except (ValueError, ValidationError) as err:
-            raise RfsearchError(f"{path} is not a valid rfsearch architecture file: {err}") from None
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"not an rfsearch architecture file: it holds a JSON {type(data).__name__}, not an object", file=str(path))
+        arch = validate(cls, data, SourceMap(str(path)))
+        arch._file = str(path)
+        return arch.check_complete() if complete else arch
 
 
 def point_arch(point: InsertionPoint, choice: list[str] | None, probs: dict[str, float] | None = None, fixed_step: int | None = None) -> PointArch:

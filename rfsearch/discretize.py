@@ -11,8 +11,9 @@ from torch import nn
 from rfsearch.arch import Arch
 from rfsearch.errors import RfsearchError
 from rfsearch.graph.backbone import build_backbone
+from rfsearch.graph.points import trace_outputs
 from rfsearch.graph.wrap import Enhanced, Summed, attach, attach_order, post_layers
-from rfsearch.io import load_checkpoint, save_checkpoint
+from rfsearch.io import load_checkpoint, restoring, save_checkpoint
 from rfsearch.supernet import MixedOp, Supernet
 
 
@@ -24,11 +25,24 @@ def enhancer_of(ops: list[nn.Module]) -> nn.Module | None:
 
 
 def build_child(arch: Arch) -> nn.Module:
-    """A fresh child from an arch file alone: no YAML, no supernet, no α, no unused candidates."""
-    if not arch.complete:
-        open_points = [p.path for p in arch.points if not p.choice]
-        raise ValueError(f"the architecture leaves {len(open_points)} point(s) undecided: {open_points[:4]}")
-    model = build_backbone(arch.backbone, arch.num_classes)
+    """A fresh child from an arch file alone: no YAML, no supernet, no α, no unused candidates.
+    What the file gets wrong (an undecided point, a module the backbone lacks or whose output has
+    another shape than the file says) names its key."""
+    arch.check_complete()
+    try:
+        model = build_backbone(arch.backbone, arch.num_classes)
+        modules = dict(model.named_modules())
+        for i, point in enumerate(arch.points):
+            if point.path not in modules:
+                raise arch.error_at(("points", i, "path"), f"the backbone {arch.backbone.name} has no module '{point.path}'")
+        traced = trace_outputs(model, [p.path for p in arch.points], arch.backbone.input_size, arch.backbone.in_channels)
+    except ValueError as err:
+        raise arch.error_at(getattr(err, "loc", ("backbone", "kwargs" if arch.backbone.kwargs else "name")), str(err)) from None
+    for i, point in enumerate(arch.points):
+        shape = tuple(traced.get(point.path, ()))[1:]
+        for key, written, real in zip(("channels", "height", "width"), (point.channels, point.height, point.width), shape):
+            if written != real:
+                raise arch.error_at(("points", i, key), f"'{point.path}' outputs {real} {key} at {arch.backbone.input_size} px, not {written}")
     by_path = {p.path: p for p in arch.points}
     for path in attach_order(list(by_path)):
         point = by_path[path]
@@ -71,19 +85,16 @@ def save_child(path: str | Path, arch: Arch, model: nn.Module) -> Path:
 def read_child(path: str | Path) -> tuple[Arch, nn.Module]:
     """The arch and the child of a checkpoint, in eval mode. The child is built from the arch first,
     then the state dict (BN statistics included) is loaded strictly, so outputs match the saved model."""
-    try:
-        state = load_checkpoint(path)
-    except FileNotFoundError:
-        raise RfsearchError(f"no checkpoint at {path}") from None
+    state = load_checkpoint(path)
     if state.get("kind") != CHILD_KIND:
         hint = " (a search checkpoint holds the supernet; retrain the child with `rfsearch retrain`)" if "arch" in state else ""
         raise RfsearchError(f"{path} is not a child checkpoint{hint}")
-    arch = Arch.model_validate(state["arch"])
+    with restoring(path):
+        arch = Arch.model_validate(state["arch"])
+    arch._file = f"{path} (its arch)"
     model = build_child(arch)
-    try:
+    with restoring(path):
         model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise RfsearchError(f"the weights in {path} do not fit the child of its own arch: {err}") from None
     return arch, model.eval()
 
 

@@ -1,14 +1,20 @@
 """Export a child to a file that runs without rfsearch (ONNX or TorchScript), and prove it does.
 
-ONNX goes through the TorchScript-based exporter (``dynamo=False``): it exists on every torch
-from 2.4 on, needs no onnxscript and handles these CNNs; the written file is then run in
-onnxruntime, so whichever exporter torch provides, a wrong file cannot pass unnoticed.
+ONNX goes through torch's current exporter (``torch.onnx.export(..., dynamo=True)``: torch.export
+and onnxscript), with the deprecated TorchScript-based one (``dynamo=False``) as the fallback where
+the current one fails (an older torch, no onnxscript, an op it cannot translate); the result says
+which one wrote the file. The written file is then run in onnxruntime, so whichever exporter
+wrote it, a wrong file cannot pass unnoticed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import io
+import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +25,7 @@ from torch import Tensor, nn
 from rfsearch.arch import Arch
 from rfsearch.discretize import build_child, read_child
 from rfsearch.errors import RfsearchError
+from rfsearch.io import atomic_write, writing
 from rfsearch.train.rundir import BEST
 
 SUFFIX: dict[str, str] = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # the formats, and their file endings
@@ -36,6 +43,7 @@ class ExportResult:
     path: Path
     format: str
     max_abs_diff: float
+    fallback: str | None = None  # why the legacy ONNX exporter wrote the file (None: the current one did)
 
 
 def check_format(fmt: str) -> str:
@@ -62,21 +70,60 @@ def export_child(
     batch of another size and compare with PyTorch; ExportMismatch when they differ by > tolerance."""
     check_format(fmt)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().eval()
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(1, in_channels, input_size, input_size, generator=generator)
-    with warnings.catch_warnings():  # both formats are deprecated upstream; that is not the user's problem
+    # batch 2: torch.export specialises a dimension of size 1, so the batch would not stay dynamic
+    example = torch.randn(2, in_channels, input_size, input_size, generator=generator)
+    fallback = None
+    with writing(path), warnings.catch_warnings():  # TorchScript and the legacy exporter are deprecated upstream; not the user's problem
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, torch.jit.TracerWarning))
         if fmt == "onnx":
-            _write_onnx(model, example, path)
+            fallback = _write_onnx(model, example, path)
         else:
-            torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(path))
-    check = torch.randn(2, in_channels, input_size, input_size, generator=generator)
-    return ExportResult(path, fmt, verify_export(path, fmt, model, check, tolerance))
+            traced = torch.jit.trace(model, example, check_trace=False)
+            atomic_write(path, lambda handle: torch.jit.save(traced, handle))
+    check = torch.randn(3, in_channels, input_size, input_size, generator=generator)
+    return ExportResult(path, fmt, verify_export(path, fmt, model, check, tolerance), fallback)
 
 
-def _write_onnx(model: nn.Module, example: Tensor, path: Path) -> None:
+def _write_onnx(model: nn.Module, example: Tensor, path: Path) -> str | None:
+    """The current exporter, else the legacy one; returns None, or why the current one failed.
+    The current one's diagnostics (graph dumps on stderr, torch's log) are kept off the console."""
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
+    torch_log.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+            )
+            program.save(str(path), external_data=False)  # one self-contained file
+        return None
+    except Exception as err:  # its failures span torch.export, onnxscript and import errors: all mean "use the legacy one"
+        reason = _one_line(err)
+    finally:
+        torch_log.setLevel(level)
+    _write_legacy_onnx(model, example, path)
+    return reason
+
+
+def _one_line(err: BaseException) -> str:
+    """The innermost cause of an exporter error, as one plain line (its messages carry colours)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _write_legacy_onnx(model: nn.Module, example: Tensor, path: Path) -> None:
     options: dict[str, object] = {
         "input_names": ["input"],
         "output_names": ["logits"],
@@ -95,15 +142,15 @@ def child_for_export(source: str | Path, weights: str | Path | None = None) -> t
     """The arch of ``source`` (a run directory or an arch file) and its child, with the weights of
     ``weights``, else of the run's ``best.pt``, else freshly initialised (the path returned is None)."""
     source = Path(source)
-    arch = Arch.load(source)
+    arch = Arch.load(source, complete=True)
     if weights is None:
         best = (source if source.is_dir() else source.parent) / BEST
         if not best.exists():
             return arch, build_child(arch).eval(), None
         weights = best
     saved, model = read_child(weights)
-    if saved.choices() != arch.choices() or saved.backbone != arch.backbone:
-        raise RfsearchError(f"{weights} holds the child of another architecture than {source}")
+    if saved.points != arch.points or saved.backbone != arch.backbone:  # every point: its path, shape and choice
+        raise RfsearchError(f"{weights} holds the child of another architecture than {arch.file}")
     return saved, model, Path(weights)
 
 

@@ -54,8 +54,8 @@ def child_report(arch: Arch) -> dict[str, Any]:
     """The child of ``arch`` against its plain backbone: params and MACs of both, and per point the
     chosen op(s) with channels, spatial size and what the point adds (enhancer + post layers)."""
     size, channels = arch.backbone.input_size, arch.backbone.in_channels
+    child_net = build_child(arch)  # first: it names the key of whatever in the arch does not build
     backbone = cost(build_backbone(arch.backbone, arch.num_classes), size, channels)
-    child_net = build_child(arch)
     child = cost(child_net, size, channels)
     points = []
     for p in arch.points:

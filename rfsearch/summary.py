@@ -8,6 +8,7 @@ import torch
 
 from rfsearch.arch import Arch, fixed_arch
 from rfsearch.discretize import build_child
+from rfsearch.errors import RfsearchError
 from rfsearch.graph.backbone import build_backbone
 from rfsearch.graph.points import InsertionPoint
 from rfsearch.report import cost, count_params, macs_of
@@ -23,10 +24,19 @@ def _op_cost(point: InsertionPoint) -> dict[str, tuple[int, int]]:
 
 
 def describe_space(space: SpaceConfig, num_classes: int | None = None) -> dict[str, Any]:
-    """Everything ``rfsearch inspect`` shows, as plain data (its ``--json``)."""
+    """Everything ``rfsearch inspect`` shows, as plain data (its ``--json``). The classifier is
+    sized as the search sizes it (from the data), or left at the backbone's default when the data
+    cannot be read yet (an ImageFolder root not in place)."""
+    from rfsearch.search.loop import resolved_num_classes
+
+    if num_classes is None:
+        try:
+            num_classes = resolved_num_classes(space)
+        except RfsearchError:
+            num_classes = None
     size, channels = space.backbone.input_size, space.backbone.in_channels
+    supernet = build_supernet(space, num_classes)  # first: it maps a backbone that fails to build to its key
     backbone = build_backbone(space.backbone, num_classes)
-    supernet = build_supernet(space, num_classes)
     points = supernet.points
     costs = {p.path: _op_cost(p) for p in points}
 

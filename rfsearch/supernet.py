@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from typing import Iterator
 
 import networkx as nx
@@ -9,7 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from rfsearch.graph.backbone import build_backbone
+from rfsearch.graph.candidates import build_candidates
 from rfsearch.graph.points import InsertionPoint, discover_points, point_graph
+from rfsearch.errors import RfsearchWarning
 from rfsearch.graph.wrap import Summed, attach, attach_order, post_layers
 from rfsearch.ops.fused import exporting, fused_mix
 from rfsearch.space.schema import SpaceConfig
@@ -37,11 +41,12 @@ class MixedOp(nn.Module):
     they are; ``fast=False`` is the plain weighted sum.
     """
 
-    def __init__(self, candidates: dict[str, nn.Module], init_std: float = 1e-3, *, fast: bool | None = None) -> None:
+    def __init__(self, candidates: dict[str, nn.Module], init_std: float = 1e-3, *, fast: bool | None = None, aliases: dict[str, str] | None = None) -> None:
         super().__init__()
         if not candidates:
             raise ValueError("a mixed op needs at least one candidate")
         self.names: tuple[str, ...] = tuple(candidates)
+        self.aliases: dict[str, str] = dict(aliases or {})  # a dropped candidate → the one it equals here
         self.ops = nn.ModuleDict(candidates)
         self.alpha = nn.Parameter(init_std * torch.randn(len(candidates)))
         self.choice: tuple[str, ...] | None = None
@@ -78,7 +83,9 @@ class MixedOp(nn.Module):
 
     def fix(self, *names: str, step: int | None = None) -> None:
         """Keep only ``names`` (one op, or several summed); drop the other candidates' parameters
-        and stop α. Records π and the step at the moment of fixing."""
+        and stop α. Records π and the step at the moment of fixing. A candidate dropped because
+        it equals another on this map (``aliases``) stands for that one."""
+        names = tuple(dict.fromkeys(self.aliases.get(n, n) for n in names))
         unknown = [n for n in names if n not in self.names]
         if not names or unknown:
             raise ValueError(f"cannot fix to {list(names)}: candidates are {list(self.names)}")
@@ -143,15 +150,32 @@ class Supernet(nn.Module):
 
 
 def build_supernet(space: SpaceConfig, num_classes: int | None = None, init_std: float = 1e-3) -> Supernet:
-    """Backbone + rules → supernet. Backbone problems become config errors at ``backbone``."""
+    """Backbone + rules → supernet. Backbone problems become config errors at ``backbone``.
+
+    Candidates that coincide on a point's map are dropped there (a warning names them); a point
+    left with one candidate is fixed to it from the start and spends no α."""
     try:
         net = build_backbone(space.backbone, num_classes)
     except ValueError as err:
-        raise space.error_at(("backbone", "kwargs" if space.backbone.kwargs else "name"), str(err)) from None
+        raise space.error_at(getattr(err, "loc", ("backbone", "kwargs" if space.backbone.kwargs else "name")), str(err)) from None
     points = discover_points(net, space)
     mixed: dict[str, MixedOp] = {}
-    for point in points:
-        mixed[point.path] = MixedOp({c.name: c.build(point.channels) for c in point.candidates}, init_std)
+    merged: list[str] = []
+    for i, point in enumerate(points):
+        built = build_candidates(space, point)  # each checked on the point's shape
+        same = built.same
+        if same:
+            points[i] = point = dataclasses.replace(point, candidates=tuple(c for c in point.candidates if c.name not in same))
+            merged.append(f"{point.path} ({point.height}×{point.width}): " + ", ".join(f"{n} = {k}" for n, k in same.items()))
+        mixed[point.path] = MixedOp(built.distinct, init_std, aliases=same)
+        if len(mixed[point.path].names) == 1:
+            mixed[point.path].fix(mixed[point.path].names[0], step=0)
+    if merged:
+        warnings.warn(
+            f"{len(merged)} point(s) have candidates that coincide on their map; each keeps the first of them: " + "; ".join(merged),
+            RfsearchWarning,
+            stacklevel=2,
+        )
     by_path = {p.path: p for p in points}
     for path in attach_order(list(by_path)):
         attach(net, path, mixed[path], post_layers(by_path[path].post, by_path[path].channels))

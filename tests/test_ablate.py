@@ -123,27 +123,35 @@ def test_ablate_rows_seeds_table_files_and_resume(tmp_path: Path) -> None:
     assert (out / "accuracy.png").read_bytes()[:8] == PNG
 
 
-def test_row_semantics_on_the_default_space() -> None:
+def test_rows_mean_what_table_3_means_on_the_default_space() -> None:
+    """No = skip, Local = avgpool3 everywhere (no search), Global = global everywhere, Random = one of
+    the three enhancers per point, PMPL = the space's list; pmpl3 searches Random's three."""
     space = load_space("spaces/mbv2_metapool.yaml")
     assert parse_rows("no, pmpl,no") == ["no", "pmpl"]
     with pytest.raises(RfsearchError, match="unknown ablation row"):
         parse_rows("no,darts")
-    # local: PMPL over skip + pools, the space's PMPL options kept
-    local = search_space(space, ROWS["local"])
-    names = [c.name for group in local.candidates for c in group]
-    assert names == ["skip", "avgpool3", "avgpool5", "avgpool7", "maxpool3", "maxpool5", "maxpool7"]
-    assert local.strategy.name == "pmpl" and local.strategy.model_extra["rho"] == 0.2
-    # random: the PMPL options do not travel to a strategy that has none
-    assert search_space(space, ROWS["random"]).strategy.model_extra == {}
-    # fixed rows: the plain backbone, all-global, and the attention ops that are not candidates
-    sizes = {}
-    for row in ("no", "global", "se", "cbam", "coordatt"):
+
+    def names(row: str) -> list[str]:
+        return [c.name for group in search_space(space, ROWS[row]).candidates for c in group]
+
+    three = ["skip", "avgpool3", "global"]
+    assert names("random") == names("pmpl3") == three
+    assert names("pmpl") == names("random8") == ["skip", "avgpool3", "avgpool5", "avgpool7", "maxpool3", "maxpool5", "maxpool7", "global"]
+    assert names("pmpl-local") == ["skip", "avgpool3", "avgpool5", "avgpool7", "maxpool3", "maxpool5", "maxpool7"]
+    assert search_space(space, ROWS["pmpl3"]).strategy.model_extra["rho"] == 0.2  # the space's PMPL options kept
+    assert search_space(space, ROWS["random"]).strategy.model_extra == {}  # and not passed to a strategy without them
+    # fixed rows: one op at every point, no search
+    sizes, ops = {}, {"no": "skip", "local": "avgpool", "global": "global", "se": "se", "se-mnv3": "se_mnv3", "cbam": "cbam", "coordatt": "coordatt"}
+    for row, op in ops.items():
+        assert not ROWS[row].searched
         arch = fixed_row_arch(space, ROWS[row], 1000)
-        assert len(arch.points) == 16 and {p.choice_names[0] for p in arch.points} == {ROWS[row].op}
+        assert len(arch.points) == 16 and {p.choice[0].op for p in arch.points} == {op}
         sizes[row] = child_report(arch)["child"]["params"]
-    assert sizes["no"] == 1_968_680  # torchvision's MobileNetV2 0.5 at 1000 classes: the backbone itself
+    local = fixed_row_arch(space, ROWS["local"], 1000)
+    assert {p.choice_names[0] for p in local.points} == {"avgpool3"} and all(p.choice[0].params["k"] == 3 for p in local.points)
+    assert sizes["no"] == sizes["local"] == 1_968_680  # torchvision's MobileNetV2 0.5 at 1000 classes: the backbone itself
     assert sizes["global"] == sizes["coordatt"] > sizes["no"]
-    assert sizes["se"] > sizes["no"] and sizes["cbam"] > sizes["no"]
+    assert sizes["no"] < sizes["se"] < sizes["se-mnv3"] and sizes["cbam"] > sizes["se"]
 
 
 def test_ablate_subprocess_entry_point_rejects_bad_rows(tmp_path: Path) -> None:

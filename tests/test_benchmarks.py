@@ -22,3 +22,15 @@ def test_set_overrides_the_measured_space_before_each_parts_own_overrides() -> N
 def test_a_wrong_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="backbone.widht"):
         load(settings_of(parse(["--set", "backbone.widht=1"])))
+
+
+def test_peak_memory_on_cpu_prints_no_profiler_log_lines(capfd: pytest.CaptureFixture[str]) -> None:
+    """The CPU peak is read through torch.profiler, whose backend (Kineto) logs to the process's
+    stderr unless told not to: `python -m benchmarks` output holds the tables only."""
+    import torch
+
+    from benchmarks.memory import peak_bytes
+
+    conv = torch.nn.Conv2d(3, 8, 3)
+    assert peak_bytes(lambda: conv(torch.randn(2, 3, 16, 16)).sum().backward(), torch.device("cpu")) > 0
+    assert capfd.readouterr().err == ""

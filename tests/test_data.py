@@ -353,10 +353,13 @@ def test_distributed_loaders_use_a_distributed_sampler(tmp_path: Path) -> None:
 
 
 def test_data_config_rejects_bad_values() -> None:
-    for bad in ({"meta_fraction": 0.0}, {"meta_fraction": 1.0}, {"workers": -1}, {"dataset": "mnist"}, {"shuffle": True}, {"download": True}):
+    for bad in ({"meta_fraction": 0.0}, {"meta_fraction": 1.0}, {"workers": -1}, {"dataset": "svhn"}, {"shuffle": True}, {"download": True}):
         with pytest.raises(ValidationError):
             DataConfig(**bad)
     with pytest.raises(ValidationError, match="do not fit"):
         EmbeddedConfig(image_size=16, line_dots=6, dot_size=3)
     assert DataConfig(dataset="cifar10", download=True).download
+    assert DataConfig(dataset="fashion_mnist_cluttered", download=True).download  # the source files are fetched
+    with pytest.raises(ValidationError):
+        DataConfig(dataset="mnist", cluttered={"fragment_size": 29})  # a fragment larger than an item
     assert rfdata.native_resolution(DataConfig(embedded=EmbeddedConfig(image_size=48))) == 48

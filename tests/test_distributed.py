@@ -53,7 +53,7 @@ insert:
   - name: after_depthwise
     modules: "blocks.*.depthwise"
     candidates: [skip, {{avgpool: {{k: [3, 5, 7]}}}}, {{maxpool: {{k: [3, 5, 7]}}}}]
-strategy: {{name: "{MODULE}:ProbePMPL", rho: 0.06}}
+strategy: {{name: "{MODULE}:ProbePMPL", rho: 0.06, weight_grad: reuse}}  # see docs/multi_gpu.md: after_alpha drifts by 1e-3
 data:
   augment: false
   embedded: {{image_size: 16, train_size: 96, test_size: 32}}

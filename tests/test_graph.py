@@ -130,7 +130,8 @@ def test_every_torchvision_classifier_builds_a_supernet(name: str) -> None:
 
 def test_inspect_default_space_json(capsys) -> None:
     """`rfsearch inspect spaces/mbv2_metapool.yaml --json`: the paper's 16 points on MobileNetV2 0.5
-    at 64 px, with the last map at 4×4 (max_downsample 16); sizes as torchvision counts them."""
+    at 64 px, with the last map at 4×4 (max_downsample 16); sizes as torchvision counts them, with
+    the 3-way classifier of the embedded task."""
     import json
     import sys
 
@@ -147,6 +148,7 @@ def test_inspect_default_space_json(capsys) -> None:
     facts = json.loads(capsys.readouterr().out)
     assert [p["path"] for p in facts["points"]] == [f"features.{i}.conv.1" for i in range(2, 18)]
     assert sorted({p["height"] for p in facts["points"]}) == [4, 8, 16, 32]
-    plain = sum(p.numel() for p in torchvision.models.mobilenet_v2(width_mult=0.5).parameters())
-    assert facts["backbone"]["params"] == facts["smallest_child"]["params"] == plain == 1_968_680
+    plain = sum(p.numel() for p in torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=3).parameters())
+    assert facts["num_classes"] == 3  # the classifier the search builds: the embedded task's 3 classes
+    assert facts["backbone"]["params"] == facts["smallest_child"]["params"] == plain == 691_523
     assert facts["largest_child"]["params"] > plain and set(facts["largest_child"]["choices"].values()) == {"global"}

@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from rfsearch.errors import RfsearchWarning
 from rfsearch.search.context import SearchContext
 from rfsearch.space.schema import SpaceConfig, WeightOptimizer
 from rfsearch.strategies.pmpl import PMPL, PMPLOptions, decision
+from rfsearch.strategies.uniform import UniformOptions, UniformSampling
 from rfsearch.supernet import Supernet, build_supernet
 from rfsearch.train.engine import prune_optimizer, sgd
 
@@ -77,16 +79,78 @@ def test_lookahead_changes_the_update() -> None:
     assert not torch.allclose(results[0], results[1], atol=1e-5)
 
 
-def test_weight_step_uses_the_training_gradient_only() -> None:
-    """The meta batch moves α, never θ: θ after the step is θ − ζ ∇θ L_train(θ, α_old)."""
+@pytest.mark.parametrize("weight_grad", ["after_alpha", "reuse"])
+def test_weight_step_uses_the_training_gradient_at_the_new_alpha(weight_grad: str) -> None:
+    """The meta batch moves α, never θ. Algorithm 1 steps θ after α: θ − ζ ∇θ L_train(θ, α_new);
+    ``reuse`` steps with the gradient taken at α_old."""
     train, meta = batches()
     net = tiny_supernet()
     ref = copy.deepcopy(net)
+    PMPL(PMPLOptions(weight_grad=weight_grad), net, seed=0).step(context(net, lr=0.1), train, meta)
+    if weight_grad == "after_alpha":
+        with torch.no_grad():
+            for a_ref, a_new in zip(ref.arch_parameters(), net.arch_parameters()):
+                a_ref.copy_(a_new)
+        assert not torch.allclose(torch.cat(ref.arch_parameters()), torch.cat(tiny_supernet().arch_parameters()))
     loss = torch.nn.functional.cross_entropy(ref(train[0]), train[1])
     grads = torch.autograd.grad(loss, ref.weight_parameters(), allow_unused=True)
-    PMPL(PMPLOptions(), net, seed=0).step(context(net, lr=0.1), train, meta)
     for p, r, g in zip(net.weight_parameters(), ref.weight_parameters(), grads):
         torch.testing.assert_close(p.detach(), r.detach() - 0.1 * g if g is not None else r.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_lookahead_is_the_step_the_weights_take() -> None:
+    """θ′ is the real step (clipping, momentum, weight decay), not θ − ζ·raw gradient: with ``reuse``
+    the weights land exactly on θ′, so α's gradient must be ∇α L_meta at the weights after the step."""
+    train, meta = batches()
+    net = tiny_supernet()
+    weight_opt = sgd(net.weight_parameters(), WeightOptimizer(lr=0.5, momentum=0.9, weight_decay=1e-3))
+    ctx = SearchContext(
+        supernet=net, model=net, weight_optimizer=weight_opt, arch_optimizer=torch.optim.SGD(net.arch_parameters(), lr=1.0), device=torch.device("cpu"), grad_clip=0.05
+    )
+    strategy = PMPL(PMPLOptions(rho=None, weight_grad="reuse"), net, seed=0)
+    strategy.step(ctx, *batches(seed=7))  # a non-zero momentum buffer for the next step
+    alpha_before = [a.detach().clone() for a in net.arch_parameters()]
+    before = copy.deepcopy(net)
+    strategy.step(ctx, train, meta)
+    after = {n: p.detach() for n, p in net.named_weight_parameters()}
+    meta_loss = torch.nn.functional.cross_entropy(functional_call(before, after, (meta[0],), strict=False), meta[1])
+    expected = torch.autograd.grad(meta_loss, before.arch_parameters())
+    for a0, g, a in zip(alpha_before, expected, net.arch_parameters()):
+        torch.testing.assert_close(a.detach(), a0 - g, rtol=1e-4, atol=1e-6)
+    raw = hand_meta_gradient(before, train, meta, lr=0.5, lookahead=True)  # the unclipped θ − ζg of old
+    assert not all(torch.allclose(a0 - g, a.detach(), atol=1e-6) for a0, g, a in zip(alpha_before, raw, net.arch_parameters()))
+
+
+def test_meta_and_lookahead_forwards_leave_batchnorm_statistics_alone() -> None:
+    """Only the weights' own training forward (at α_new) moves BN's running statistics."""
+    train, meta = batches()
+    net = tiny_supernet()
+    ref = copy.deepcopy(net)
+    PMPL(PMPLOptions(rho=None), net, seed=0).step(context(net), train, meta)
+    with torch.no_grad():
+        for a_ref, a_new in zip(ref.arch_parameters(), net.arch_parameters()):
+            a_ref.copy_(a_new)
+    ref.train()
+    ref(train[0])
+    buffers = dict(net.named_buffers())
+    assert any("running_mean" in n for n in buffers)
+    for name, b in ref.named_buffers():
+        torch.testing.assert_close(buffers[name], b, msg=name)
+
+
+def test_uniform_scores_deterministically_in_eval_mode() -> None:
+    net = tiny_supernet()
+    strategy = UniformSampling(UniformOptions(), net, seed=0)
+    _, meta = batches()
+    path = next(iter(net.mixed_ops))
+    running = [b.clone() for b in net.buffers()]
+    state = strategy.generator.get_state()
+    scores = []
+    for _ in range(3):
+        strategy.generator.set_state(state)
+        scores.append(strategy.score(context(net), path, "global", [meta]))
+    assert scores[0] == scores[1] == scores[2]
+    assert net.training and all(torch.equal(a, b) for a, b in zip(running, net.buffers()))
 
 
 def test_decision_is_the_true_argmax() -> None:
@@ -156,3 +220,36 @@ def test_finalize_fixes_every_open_point_to_argmax_or_top2() -> None:
             assert len(f.choice) == size
             assert f.choice[0] == max(f.probs, key=f.probs.get)
         assert net(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+
+
+def test_candidates_that_coincide_on_small_maps_are_merged_at_build() -> None:
+    """On 1×1 every local pool is skip and on 2×2 the pools of 3, 5 and 7 coincide: α cannot tell
+    them apart, so they are dropped with a warning, and a point left with one candidate is fixed.
+    MobileNetV2 at 32 px ends on 1×1 maps (features.14-17) after 2×2 ones (features.11-13)."""
+
+    def space(candidates):
+        return SpaceConfig.model_validate(
+            {
+                "backbone": {"name": "mobilenet_v2", "input_size": 32, "kwargs": {"width_mult": 0.35, "num_classes": 3}},
+                "candidates": candidates,
+                "insert": [{"modules": "features.*.conv.1", "types": "Conv2dNormActivation"}],
+            }
+        )
+
+    with pytest.warns(RfsearchWarning, match=r"features\.17\.conv\.1 \(1×1\): avgpool3 = skip") as caught:
+        net = build_supernet(space(CANDIDATES))
+    assert len([w for w in caught if issubclass(w.category, RfsearchWarning)]) == 1
+    sizes = {p.path: (p.height, [c.name for c in p.candidates]) for p in net.points}
+    assert sizes["features.4.conv.1"] == (4, ["skip", "avgpool3", "avgpool5", "avgpool7", "maxpool3", "global"])
+    assert sizes["features.11.conv.1"] == (2, ["skip", "avgpool3", "maxpool3", "global"])  # avgpool5/7 = avgpool3 on 2×2
+    assert sizes["features.17.conv.1"] == (1, ["skip", "global"])
+    assert net.mixed_ops["features.11.conv.1"].names == ("skip", "avgpool3", "maxpool3", "global")
+    assert net.unfixed() == list(net.mixed_ops)  # global still differs from skip everywhere
+
+    with pytest.warns(RfsearchWarning):
+        local = build_supernet(space(["skip", {"avgpool": {"k": [3, 5]}}, {"maxpool": {"k": [3]}}]))
+    last = local.mixed_ops["features.17.conv.1"]
+    assert last.choice == ("skip",) and last.fixed_step == 0 and not last.alpha.requires_grad
+    assert "features.17.conv.1" not in local.unfixed() and all(a is not last.alpha for a in local.arch_parameters())
+    assert "features.4.conv.1" in local.unfixed()
+    assert local(torch.randn(2, 3, 32, 32)).shape == (2, 3)

@@ -1,7 +1,7 @@
 """The train and validation datasets of each ``data.dataset``, their labels, and user-facing errors for missing files.
 
 Labels are read without decoding any image (CIFAR's and ImageFolder's ``targets``, the embedded
-label tensor), so splitting and ``num_classes`` stay cheap on ImageNet-sized folders.
+and IDX label tensors), so splitting and ``num_classes`` stay cheap on ImageNet-sized folders.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from torchvision.datasets.folder import find_classes
 
 from rfsearch.data import transforms as T
 from rfsearch.data.cache import cache_dir
+from rfsearch.data.cluttered import make_cluttered
 from rfsearch.data.embedded import NUM_CLASSES as EMBEDDED_CLASSES
 from rfsearch.data.embedded import make_embedded
+from rfsearch.data.idx import IMAGE_SIDE, SOURCES, load_idx
 from rfsearch.errors import RfsearchError
-from rfsearch.space.data_config import DataConfig
+from rfsearch.space.data_config import GRAYSCALE_DATASETS, DataConfig
 
 NATIVE_RESOLUTION = {"cifar10": 32, "cifar100": 32, "imagefolder": 224}
 
@@ -64,8 +66,13 @@ class TensorImages(Dataset[tuple[torch.Tensor, int]]):
 
 
 def native_resolution(cfg: DataConfig) -> int:
-    """The dataset's own image side: embedded ``image_size``, CIFAR 32, ImageFolder 224 (the ImageNet crop)."""
-    return cfg.embedded.image_size if cfg.dataset == "embedded" else NATIVE_RESOLUTION[cfg.dataset]
+    """The dataset's own image side: embedded ``image_size``, CIFAR 32, ImageFolder 224 (the ImageNet crop),
+    (Fashion-)MNIST 28, their cluttered variants ``canvas_size``."""
+    if cfg.dataset == "embedded":
+        return cfg.embedded.image_size
+    if cfg.dataset in GRAYSCALE_DATASETS:
+        return cfg.cluttered.canvas_size if _cluttered(cfg) else IMAGE_SIDE
+    return NATIVE_RESOLUTION[cfg.dataset]
 
 
 def resolution(cfg: DataConfig) -> int:
@@ -79,6 +86,8 @@ def num_classes(cfg: DataConfig) -> int:
         return EMBEDDED_CLASSES
     if cfg.dataset in _CIFAR:
         return _CIFAR[cfg.dataset].num_classes
+    if cfg.dataset in GRAYSCALE_DATASETS:
+        return len(SOURCES[_idx_name(cfg)].classes)
     return len(_class_folders(_imagefolder_dir(cfg, "train")))
 
 
@@ -88,6 +97,8 @@ def build_datasets(cfg: DataConfig) -> Splits:
         return _embedded(cfg)
     if cfg.dataset in _CIFAR:
         return _cifar(cfg)
+    if cfg.dataset in GRAYSCALE_DATASETS:
+        return _grey(cfg)
     return _imagefolder(cfg)
 
 
@@ -101,6 +112,30 @@ def _embedded(cfg: DataConfig) -> Splits:
         train_y.numpy(),
         test_y.numpy(),
     )
+
+
+def _cluttered(cfg: DataConfig) -> bool:
+    return cfg.dataset.endswith("_cluttered")
+
+
+def _idx_name(cfg: DataConfig) -> str:
+    """The IDX source of a grey dataset: ``fashion_mnist`` for ``fashion_mnist_cluttered`` too."""
+    return cfg.dataset.removesuffix("_cluttered")
+
+
+def _grey(cfg: DataConfig) -> Splits:
+    """(Fashion-)MNIST or its cluttered variant: in-memory uint8 tensors, statistics of its own training images."""
+    channels = cfg.channels if cfg.channels is not None else 3
+    if channels not in (1, 3):
+        raise RfsearchError(f"{cfg.dataset} images are grey: data.channels (default: backbone.in_channels) must be 1 or 3, not {channels}")
+    name = _idx_name(cfg)
+    splits = load_idx(name, cfg.root, cfg.download)
+    if _cluttered(cfg):
+        splits = make_cluttered(name, cfg.cluttered, splits)
+    train_x, test_x = splits.train_x[:, None], splits.test_x[:, None]  # (N, 1, H, W)
+    mean, std = T.channel_stats(train_x)
+    train_tf, eval_tf = T.grey_transforms(native_resolution(cfg), resolution(cfg), cfg.augment, SOURCES[name].flips, mean, std, channels)
+    return Splits(TensorImages(train_x, splits.train_y, train_tf), TensorImages(test_x, splits.test_y, eval_tf), splits.train_y.numpy(), splits.test_y.numpy())
 
 
 def cifar_root(cfg: DataConfig) -> Path:

@@ -3,6 +3,8 @@
 CIFAR and ImageFolder go through torchvision's v2 transforms on PIL images (the usual recipes).
 The embedded dataset is already a uint8 tensor in memory: its transforms are a few tensor ops
 per sample, so loading costs nothing next to the model, and none of them can cut a dot away.
+(Fashion-)MNIST and their cluttered variants are in-memory uint8 tensors too, transformed by
+torchvision's v2 ops on tensors.
 """
 
 from __future__ import annotations
@@ -96,3 +98,30 @@ def embedded_transforms(resolution: int, augment: bool, mean: Sequence[float], s
     if not augment:
         return evaluate, evaluate
     return v2.Compose([RandomFlips(), evaluate]), evaluate
+
+
+def fit_resolution(native: int, resolution: int) -> list[v2.Transform]:
+    """Grey items on a black background to ``resolution``: zero padding when that is at most a quarter
+    larger (28 → 32 keeps every pixel 1:1, as LeNet did), a bilinear resize otherwise."""
+    extra = resolution - native
+    if extra == 0:
+        return []
+    if 0 < extra <= native // 4:
+        before = extra // 2
+        return [v2.Pad([before, before, extra - before, extra - before])]  # left, top, right, bottom
+    return [v2.Resize(resolution, antialias=True)]
+
+
+def grey_transforms(
+    native: int, resolution: int, augment: bool, flips: bool, mean: Sequence[float], std: Sequence[float], channels: int
+) -> tuple[Transform, Transform]:
+    """(train, eval) for uint8 grey tensors (1, H, W): fit to ``resolution``; in training a random crop
+    with padding res/8 and, where ``flips`` keeps the label, a horizontal flip; normalise; repeat to
+    ``channels`` (1 or 3) for the backbone's first conv."""
+    fit = fit_resolution(native, resolution)
+    tail: list[Transform] = [NormaliseUint8(mean, std)] + ([v2.Grayscale(num_output_channels=3)] if channels == 3 else [])
+    evaluate = v2.Compose([*fit, *tail])
+    if not augment:
+        return evaluate, evaluate
+    crop = [v2.RandomCrop(resolution, padding=resolution // 8)] + ([v2.RandomHorizontalFlip()] if flips else [])
+    return v2.Compose([*fit, *crop, *tail]), evaluate

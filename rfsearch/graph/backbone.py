@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -11,12 +12,16 @@ from torch import nn
 
 from rfsearch.graph.points import dry_forward
 from rfsearch.imports import import_object, is_import_path
+from rfsearch.io import one_line
+from rfsearch.space.base import KeyedValueError
 from rfsearch.space.schema import BackboneConfig
 
 
 def build_backbone(cfg: BackboneConfig, num_classes: int | None = None) -> nn.Module:
-    """The backbone of a space. ``num_classes`` fills the constructor's ``num_classes`` unless the
-    space sets it: the classifier then fits the dataset. Raises ValueError on a failed construction."""
+    """The backbone of a space. ``num_classes`` fills the constructor's ``num_classes`` (when the
+    callable takes it, by name or through ``**kwargs``) unless the space sets it: the classifier then
+    fits the dataset. Raises ValueError on a failed construction, whatever the constructor raised
+    (a KeyedValueError naming ``backbone.name`` when what it built is no module)."""
     kwargs = dict(cfg.kwargs)
     if is_import_path(cfg.name):
         constructor = import_object(cfg.name)
@@ -26,12 +31,16 @@ def build_backbone(cfg: BackboneConfig, num_classes: int | None = None) -> nn.Mo
         constructor = functools.partial(get_model, cfg.name)
     if num_classes is not None and _accepts(constructor, "num_classes"):
         kwargs.setdefault("num_classes", num_classes)
-    try:
-        model = constructor(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"cannot build backbone '{cfg.name}' with kwargs {kwargs}: {err}") from None
+    with warnings.catch_warnings(record=True) as said:  # a constructor that fails may warn first: only its error counts
+        warnings.simplefilter("always")
+        try:
+            model = constructor(**kwargs)
+        except Exception as err:  # noqa: BLE001  (a user's constructor may raise anything)
+            raise ValueError(f"cannot build backbone '{cfg.name}' with kwargs {kwargs}: {type(err).__name__}: {one_line(err)}") from None
+    for warning in said:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if not isinstance(model, nn.Module):
-        raise ValueError(f"backbone '{cfg.name}' returned {type(model).__name__}, not a torch.nn.Module")
+        raise KeyedValueError(("backbone", "name"), f"backbone '{cfg.name}' returned {type(model).__name__}, not a torch.nn.Module")
     if cfg.max_downsample is not None:
         limit_downsampling(model, cfg.input_size, cfg.in_channels, cfg.max_downsample)
     return model

@@ -10,7 +10,9 @@ import networkx as nx
 import torch
 from torch import nn
 
+from rfsearch.io import one_line
 from rfsearch.ops.registry import Candidate
+from rfsearch.space.base import KeyedValueError
 from rfsearch.space.schema import InsertRule, SpaceConfig
 
 
@@ -92,13 +94,16 @@ def trace_outputs(model: nn.Module, paths: list[str], input_size: int, in_channe
 
 def dry_forward(model: nn.Module, input_size: int, in_channels: int, hooks: dict[nn.Module, Any]) -> None:
     """One eval-mode, no-grad forward of a zero image with forward ``hooks`` attached, then removed;
-    the model's training flag is restored. Shapes are read this way, never from module attributes."""
+    the model's training flag is restored. Shapes are read this way, never from module attributes.
+    A forward that fails (an input the model refuses) raises a ValueError keyed to ``backbone.input_size``."""
     handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
             model(torch.zeros(1, in_channels, input_size, input_size, device=device_of(model)))
+    except Exception as err:  # noqa: BLE001  (a backbone's forward may raise anything)
+        raise KeyedValueError(("backbone", "input_size"), f"the backbone's forward fails on a 1×{in_channels}×{input_size}×{input_size} input: {type(err).__name__}: {one_line(err)}") from None
     finally:
         model.train(was_training)
         for handle in handles:
@@ -136,7 +141,10 @@ def discover_points(model: nn.Module, space: SpaceConfig) -> list[InsertionPoint
             raise space.error_at(("insert", i, key), f"{what} matches no module of the backbone (its paths look like: {examples}, …)")
         matches.append(found)
     selected = sorted({p for found in matches for p in found})
-    traced = trace_outputs(model, selected, space.backbone.input_size, space.backbone.in_channels)
+    try:
+        traced = trace_outputs(model, selected, space.backbone.input_size, space.backbone.in_channels)
+    except KeyedValueError as err:
+        raise space.error_at(err.loc, str(err)) from None
     order = list(traced)
     chosen: dict[str, tuple[int, InsertRule]] = {}
     for i, (rule, found) in enumerate(zip(space.insert, matches)):

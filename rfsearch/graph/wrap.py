@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from torch import Tensor, nn
 
 
@@ -59,3 +61,15 @@ def attach(model: nn.Module, path: str, enhancer: nn.Module | None, post: nn.Mod
 def attach_order(paths: list[str]) -> list[str]:
     """Deepest paths first, so wrapping an outer module never moves an inner one."""
     return sorted(paths, key=lambda p: p.count("."), reverse=True)
+
+
+def without_enhancers(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``Enhanced`` replaced by its ``inner`` module: the backbone
+    on the same weights, so a comparison with the child isolates what the enhancers do."""
+    plain = copy.deepcopy(model)
+    wrapped = [name for name, m in plain.named_modules() if isinstance(m, Enhanced)]
+    for name in attach_order(wrapped):  # deepest first: the outer paths stay valid
+        parent_path, _, attr = name.rpartition(".")
+        parent = plain.get_submodule(parent_path) if parent_path else plain
+        setattr(parent, attr, getattr(parent, attr).inner)
+    return plain

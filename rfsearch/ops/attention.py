@@ -2,7 +2,9 @@
 
 ``global`` is the paper's spatial separable pooling; ``coordatt`` is the same block under the
 name of Coordinate Attention (Hou et al., 2021), which it follows, so the paper's comparison rows
-can be named as published. ``se`` and ``cbam`` are the other attention baselines of the paper.
+can be named as published. ``se`` and ``cbam`` are the other attention baselines of the paper, as
+their own papers define them (reduction 16, no floor on the hidden width); ``se_mnv3`` is the
+squeeze-excitation block of MobileNetV3 (reduction 4, hard sigmoid), a different block.
 """
 
 from __future__ import annotations
@@ -22,14 +24,19 @@ class ReductionParams(StrictModel):
 
 
 class SEParams(StrictModel):
-    reduction: int = Field(4, ge=1)
+    reduction: int = Field(16, ge=1, description="hidden channels = max(min_channels, C // reduction)")
+    min_channels: int = Field(1, ge=1)
+
+
+class MobileNetV3SEParams(StrictModel):
+    reduction: int = Field(4, ge=1, description="hidden channels = max(min_channels, C // reduction)")
     min_channels: int = Field(8, ge=1)
 
 
 class CBAMParams(StrictModel):
-    reduction: int = Field(16, ge=1)
-    min_channels: int = Field(8, ge=1)
-    kernel: int = Field(7, ge=1)
+    reduction: int = Field(16, ge=1, description="hidden channels of the shared MLP = max(min_channels, C // reduction)")
+    min_channels: int = Field(1, ge=1)
+    kernel: int = Field(7, ge=1, description="the spatial gate's kernel")
 
 
 class SpatialSeparablePool(nn.Module):
@@ -60,7 +67,7 @@ class SpatialSeparablePool(nn.Module):
 class CBAM(nn.Module):
     """Convolutional Block Attention Module (Woo et al., 2018): channel then spatial gating."""
 
-    def __init__(self, channels: int, reduction: int = 16, min_channels: int = 8, kernel: int = 7) -> None:
+    def __init__(self, channels: int, reduction: int = 16, min_channels: int = 1, kernel: int = 7) -> None:
         super().__init__()
         hidden = max(min_channels, channels // reduction)
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
@@ -86,12 +93,19 @@ def coordatt(channels: int, reduction: int = 32, min_channels: int = 8) -> nn.Mo
 
 
 @register_op("se", SEParams)
-def se(channels: int, reduction: int = 4, min_channels: int = 8) -> nn.Module:
-    """Squeeze-and-Excitation (Hu et al., 2018), torchvision's implementation."""
+def se(channels: int, reduction: int = 16, min_channels: int = 1) -> nn.Module:
+    """Squeeze-and-Excitation (Hu et al., 2018): average pool, FC C→C/r, ReLU, FC C/r→C, sigmoid."""
+    return SqueezeExcitation(channels, max(min_channels, channels // reduction))
+
+
+@register_op("se_mnv3", MobileNetV3SEParams)
+def se_mnv3(channels: int, reduction: int = 4, min_channels: int = 8) -> nn.Module:
+    """MobileNetV3's squeeze-excitation block (Howard et al., 2019): C/4 hidden, hard sigmoid."""
     return SqueezeExcitation(channels, max(min_channels, channels // reduction), scale_activation=nn.Hardsigmoid)
 
 
 @register_op("cbam", CBAMParams)
-def cbam(channels: int, reduction: int = 16, min_channels: int = 8, kernel: int = 7) -> nn.Module:
-    """CBAM (Woo et al., 2018)."""
+def cbam(channels: int, reduction: int = 16, min_channels: int = 1, kernel: int = 7) -> nn.Module:
+    """CBAM (Woo et al., 2018): a shared MLP over average- and max-pooled channels, then a k×k
+    spatial gate over the channel mean and max."""
     return CBAM(channels, reduction, min_channels, kernel)

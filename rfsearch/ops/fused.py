@@ -18,7 +18,7 @@ candidates' parameters, by recognising the built-in candidates by module type:
 The node saves only its input (which the layer before keeps anyway, or the NHWC copy it made, and
 then the input is free) and recomputes what the backward needs. Windows are clipped to the map
 first, so candidates that coincide at a resolution are computed once with their weights summed (on
-a 4×4 map ``maxpool5 == maxpool7``; on 1×1 every local op is the identity; a window spanning an
+a 3×3 map ``maxpool5 == maxpool7``; on 1×1 every local op is the identity; a window spanning an
 axis is a reduction along it). Two exact backends:
 
 ``shift`` (CPU default), all from elementwise ops on views and small matrix products:

@@ -37,7 +37,7 @@ class OpSpec:
             except ValidationError as err:
                 first = err.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"op '{self.name}': {where}: {first['msg']}") from None
+                raise ValueError(f"op '{self.name}': {where}: {first['msg'].removeprefix('Value error, ')}") from None
         accepted = _keyword_names(self.builder)
         if accepted is not None:
             unknown = sorted(set(params) - accepted)
@@ -131,6 +131,9 @@ def expand_candidates(entry: Any) -> list[Candidate]:
         raise ValueError(f"parameters of op '{op}' must be a mapping, got {params!r}")
     spec = get_op(op)
     grid = {k: v if isinstance(v, list) else [v] for k, v in params.items()}
+    empty = [k for k, values in grid.items() if not values]
+    if empty:
+        raise ValueError(f"parameter {empty[0]!r} of op '{op}' is an empty list: it expands to no candidate")
     combos = [spec.validate(dict(zip(grid, values))) for values in itertools.product(*grid.values())]
     if name is not None and len(combos) > 1:
         raise ValueError(f"candidate name '{name}' given for {len(combos)} expanded candidates")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -66,33 +67,61 @@ class SearchContext:
             alpha.grad = None
         return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == y).float().mean().item()}
 
-    def weight_step(self) -> None:
-        """θ ← SGD(θ, ∇θ) with the gradient already in ``.grad`` (clipped if configured)."""
+    def clip_weight_grads(self) -> None:
+        """Clip ∇θ in ``.grad`` to ``grad_clip`` (a no-op on an already clipped gradient)."""
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.supernet.weight_parameters(), self.grad_clip)
+
+    def weight_step(self) -> None:
+        """θ ← SGD(θ, ∇θ) with the gradient already in ``.grad`` (clipped if configured)."""
+        self.clip_weight_grads()
         self.weight_optimizer.step()
 
+    @torch.no_grad()
     def lookahead_weights(self) -> dict[str, Tensor]:
-        """θ′ = θ − ζ ∇θ L_train: the virtual step of Algorithm 1 (first order: θ′ is a constant)."""
-        lr = self.weight_lr
-        return {
-            name: (p - lr * p.grad).detach() if p.grad is not None else p.detach()
-            for name, p in self.supernet.named_weight_parameters()
-        }
+        """θ′: where the weight step would take θ with the gradient in ``.grad`` — the virtual step
+        of Algorithm 1. It is the real optimizer's step (clipping, momentum, weight decay, the
+        scheduled ζ), taken and undone, so θ′ never drifts from the step θ actually takes.
+        First order: θ′ is a constant."""
+        self.clip_weight_grads()
+        named = list(self.supernet.named_weight_parameters())
+        theta = [p.detach().clone() for _, p in named]
+        state = {p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()} for p, s in self.weight_optimizer.state.items()}
+        self.weight_optimizer.step()
+        moved = {name: p.detach().clone() for name, p in named}
+        for (_, p), before in zip(named, theta):
+            p.copy_(before)
+        self.weight_optimizer.state.clear()
+        self.weight_optimizer.state.update(state)
+        return moved
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[None]:
+        """A forward and backward that measure but are not the weights' training step (the meta
+        loss, the gradient for θ′): BatchNorm's running statistics are restored afterwards."""
+        buffers = [(b, b.detach().clone()) for b in self.supernet.buffers()]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
 
     def arch_step(self, batch: Batch, weights: dict[str, Tensor] | None = None) -> dict[str, float]:
         """α ← Adam(α, ∇α L_meta) on a meta batch, at the current θ or at ``weights`` (θ′).
-        Only α's gradient is computed, so the weights' ``.grad`` stays untouched."""
+        Only α's gradient is computed, so the weights' ``.grad`` stays untouched; BatchNorm
+        normalises with the meta batch's statistics but keeps its running ones."""
         alphas = self.supernet.arch_parameters()
         x, y = self.batch(batch)
-        with autocast(self.device, self.amp):
-            if weights is None:
-                logits = self.supernet(x)
-            else:
-                logits = functional_call(self.supernet, weights, (x,), strict=False)
-        loss = self.loss(logits, y)
+        with self.measuring():  # the backward too: BatchNorm's backward reads the running buffers
+            with autocast(self.device, self.amp):
+                if weights is None:
+                    logits = self.supernet(x)
+                else:
+                    logits = functional_call(self.supernet, weights, (x,), strict=False)
+            loss = self.loss(logits, y)
+            grads = list(torch.autograd.grad(loss, alphas)) if alphas else []
         if alphas:
-            grads = list(torch.autograd.grad(loss, alphas))
             self.reduce_grads(grads)
             for alpha, grad in zip(alphas, grads):
                 alpha.grad = grad

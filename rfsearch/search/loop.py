@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,9 @@ import torch
 
 from rfsearch import data as rfdata
 from rfsearch.arch import Arch, apply_arch, arch_of
-from rfsearch.console import console, progress_bar
+from rfsearch.console import TrainingProgress, console
 from rfsearch.distributed import Dist, alpha_snapshot, init_distributed
-from rfsearch.io import append_jsonl, load_checkpoint, save_checkpoint
+from rfsearch.io import restoring, save_checkpoint
 from rfsearch.search.context import SearchContext
 from rfsearch.space.schema import SpaceConfig
 from rfsearch.strategies.base import Fixing, Strategy
@@ -22,6 +23,8 @@ from rfsearch.strategies.registry import get_strategy
 from rfsearch.supernet import Supernet, build_supernet
 from rfsearch.train import rundir
 from rfsearch.train.engine import (
+    check_finite,
+    check_weights_finite,
     cosine_schedule,
     cycle,
     prune_optimizer,
@@ -31,6 +34,7 @@ from rfsearch.train.engine import (
     set_rng_state,
     sgd,
 )
+from rfsearch.train.loggers import HistoryWriter
 
 
 @dataclass
@@ -40,6 +44,9 @@ class SearchResult:
     steps: int
     wall_time_s: float
     stopped_early: bool
+
+
+HINT = "lower train.search.optimizer.lr or train.search.arch_optimizer.lr, or set train.search.grad_clip"
 
 
 def resolved_num_classes(space: SpaceConfig) -> int | None:
@@ -53,12 +60,12 @@ def run_search(
     *,
     resume: str | Path | None = None,
     show_progress: bool = True,
+    log: Sequence[str] = (),
 ) -> SearchResult:
-    """Search ``space`` into a run directory (or continue the one in ``resume``)."""
+    """Search ``space`` into a run directory (or continue the one in ``resume``); ``log``: the
+    sinks (csv, tensorboard) the history also goes to."""
     dist, device_name = init_distributed(space.train.device)
     device = resolve_device(device_name)
-    # one path for every rank: rank 0 names (and creates) it, the others receive it
-    run_dir = Path(resume) if resume is not None else dist.on_main(lambda: rundir.new_run_dir("search", space.name, out))
     seed = space.train.seed
     seed_everything(seed, space.train.deterministic)
     recipe = space.train.search
@@ -67,6 +74,8 @@ def run_search(
     supernet = build_supernet(space, num_classes)
     strategy_cls = get_strategy(space.strategy.name)
     strategy: Strategy = strategy_cls(space.strategy_options(), supernet, seed)
+    # once the space builds: one path for every rank, rank 0 names (and creates or checks) it
+    run_dir = dist.on_main(lambda: rundir.new_run_dir("search", space.name, out) if resume is None else rundir.resume_run_dir(resume, "search"))
     channels_last = space.train.channels_last and device.type == "cuda"
     supernet.to(device, memory_format=torch.channels_last) if channels_last else supernet.to(device)
     supernet.net = dist.convert_sync_bn(supernet.net, device, space.train.sync_bn)  # before DDP; MixedOps stay in place
@@ -97,33 +106,32 @@ def run_search(
 
     start_epoch, finished, elapsed = 0, False, 0.0
     history = run_dir / rundir.HISTORY
+    history_log = HistoryWriter(history, log, labels={path: mixed.names for path, mixed in supernet.mixed_ops.items()})
     checkpoint = run_dir / rundir.CHECKPOINT
-    if resume is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, map_location=device)  # on every rank
+    resumed = resume is not None and checkpoint.exists()
+    if resumed:
+        state = rundir.read_checkpoint(checkpoint, "search", map_location=device)  # on every rank
         if dist.is_main and state.get("world_size", 1) != dist.world_size:
             console.print(
                 f"[bold yellow]note:[/] {checkpoint} was written by {state.get('world_size', 1)} process(es), resumed by {dist.world_size}: "
                 "batch_size is per process, so the global batch and the steps per epoch change"
             )
-        apply_arch(supernet, Arch.model_validate(state["arch"]))
-        _prune(ctx, supernet, dist, device, strategy)
-        supernet.load_state_dict(state["model"])
-        weight_opt.load_state_dict(state["weight_optimizer"])
-        arch_opt.load_state_dict(state["arch_optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        strategy.load_state_dict(state["strategy"])
-        set_rng_state(state["rng"])
-        start_epoch, ctx.step, finished, elapsed = state["epoch"], state["step"], state["finished"], state["elapsed"]
-        if dist.is_main:
-            rundir.truncate_history(history, ctx.step)
-            console.print(f"[bold]Resuming[/] {run_dir} at epoch {start_epoch}, step {ctx.step}")
-    elif dist.is_main:
-        rundir.save_config(run_dir, space)
+        with restoring(checkpoint):
+            apply_arch(supernet, Arch.model_validate(state["arch"]))
+            _prune(ctx, supernet, dist, device, strategy)
+            supernet.load_state_dict(state["model"])
+            weight_opt.load_state_dict(state["weight_optimizer"])
+            arch_opt.load_state_dict(state["arch_optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            strategy.load_state_dict(state["strategy"])
+            set_rng_state(state["rng"])
+            start_epoch, ctx.step, finished, elapsed = state["epoch"], state["step"], state["finished"], state["elapsed"]
 
     def snapshot() -> Arch:
         return arch_of(supernet, backbone=space.backbone, num_classes=num_classes, space=space.name, strategy=space.strategy.name)
 
     def save(epoch: int, done: bool) -> None:
+        check_weights_finite(supernet, f"search after step {ctx.step}", HINT)  # a NaN never overwrites the last good checkpoint
         dist.assert_same("α or the fixed choices", alpha_snapshot(supernet.mixed_ops.items()))
         if not dist.is_main:
             return
@@ -149,14 +157,17 @@ def run_search(
     started = time.perf_counter()
     stopped_early = False
     supernet.train()
-    progress = progress_bar(
-        "[bold]search[/] epoch {task.fields[epoch]}",
-        "loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1f}% fixed {task.fields[fixed]}",
-        show_progress and dist.is_main,
-    )
     n_points = len(supernet.points)
-    with progress:
-        task = progress.add_task("search", total=total_steps, completed=ctx.step, epoch=start_epoch, loss=0.0, acc=0.0, fixed=f"{n_points - len(supernet.unfixed())}/{n_points}")
+    progress = TrainingProgress("search", total_steps, run_dir, completed=ctx.step, enabled=show_progress and dist.is_main)
+    with rundir.keeping_last_checkpoint(checkpoint), progress:
+        if dist.is_main:
+            if resumed:
+                console.print(f"[bold]Resuming[/] {run_dir} at epoch {start_epoch}, step {ctx.step}")
+            else:
+                if resume is not None:
+                    console.print(f"[bold]Resuming[/] {run_dir} from the start: it holds no checkpoint yet")
+                rundir.save_config(run_dir, space)
+            rundir.truncate_history(history, ctx.step, finished=finished)
         for epoch in range(start_epoch, recipe.epochs if strategy_cls.trains_supernet and not finished else start_epoch):
             ctx.epoch = epoch
             ctx.arch_updates = epoch >= recipe.arch_warmup_epochs
@@ -165,6 +176,7 @@ def run_search(
             meta_batches = cycle(loaders.meta)
             for batch in itertools.islice(loaders.weight, steps_per_epoch):
                 stats = dist.mean_stats(strategy.step(ctx, batch, next(meta_batches)), device)
+                check_finite(stats, f"search step {ctx.step + 1} (epoch {epoch + 1})", HINT)
                 fixings = strategy.decide(ctx)
                 if fixings:
                     _prune(ctx, supernet, dist, device, strategy)
@@ -172,22 +184,26 @@ def run_search(
                 scheduler.step()
                 ctx.step += 1
                 if dist.is_main:
-                    append_jsonl(history, _record(ctx, stats, fixings, supernet, lr))
+                    history_log.write(_record(ctx, stats, fixings, supernet, lr))
                 fixed = f"{n_points - len(supernet.unfixed())}/{n_points}"
-                progress.update(task, advance=1, epoch=epoch, loss=stats.get("loss", 0.0), acc=stats.get("acc", 0.0), fixed=fixed)
+                progress.update(1, f"epoch {epoch + 1}/{recipe.epochs} · loss {stats.get('loss', 0.0):.3f} · acc {stats.get('acc', 0.0):.1f}% · fixed {fixed}")
                 if strategy.finished():
                     stopped_early = True
                     break
             save(epoch + 1, False)
+            progress.epoch_done()
             if stopped_early:
                 break
 
-    if not finished:
-        meta = cycle(loaders.meta) if loaders is not None else iter(())
-        fixings = strategy.finalize(ctx, meta)
-        if dist.is_main and fixings:
-            append_jsonl(history, _record(ctx, {}, fixings, supernet, scheduler.get_last_lr()[0], final=True))
-        save(recipe.epochs, True)
+        if not finished:
+            meta = cycle(loaders.meta) if loaders is not None else iter(())
+            fixings = strategy.finalize(ctx, meta)
+            if fixings:  # the optimizers' state then matches what a resume rebuilds from the arch
+                _prune(ctx, supernet, dist, device, strategy)
+            if dist.is_main and fixings:
+                history_log.write(_record(ctx, {}, fixings, supernet, scheduler.get_last_lr()[0], final=True))
+            save(recipe.epochs, True)
+    history_log.close()
     wall = elapsed + time.perf_counter() - started
     result = SearchResult(run_dir, snapshot(), ctx.step, wall, stopped_early)
     if dist.is_main:

@@ -52,26 +52,47 @@ class EmbeddedConfig(StrictModel):
         return round(self.clutter_density * self.image_size**2)
 
 
+class ClutteredConfig(StrictModel):
+    """Cluttered Fashion-MNIST / MNIST (docs/data.md): each item at a random place on a larger
+    canvas, among fragments cut from other items of its split, so the label needs the whole canvas."""
+
+    seed: int = Field(0, description="the canvases are a function of this seed, the fields below and the source images")
+    canvas_size: int = Field(48, ge=28, le=256, description="square canvas, pixels per side (the 28 px item fits anywhere in it)")
+    fragments: int = Field(4, ge=0, le=64, description="clutter fragments per canvas, each cut from another item of the split")
+    fragment_size: int = Field(8, ge=1, le=28, description="side of a square fragment, pixels")
+
+
+GRAYSCALE_DATASETS = ("fashion_mnist", "mnist", "fashion_mnist_cluttered", "mnist_cluttered")
+DOWNLOADABLE = ("cifar10", "cifar100", *GRAYSCALE_DATASETS)
+
+
 class DataConfig(StrictModel):
     """Dataset selection, split and loader settings shared by ``search`` and ``retrain``."""
 
-    dataset: Literal["embedded", "cifar10", "cifar100", "imagefolder"] = "embedded"
+    dataset: Literal["embedded", "cifar10", "cifar100", "imagefolder", "fashion_mnist", "mnist", "fashion_mnist_cluttered", "mnist_cluttered"] = "embedded"
     root: str | None = Field(
         None,
         description="cifar: folder holding cifar-10-batches-py/ or cifar-100-python/; "
-        "imagefolder: folder holding train/ and val/; embedded: cache folder",
+        "imagefolder: folder holding train/ and val/; (fashion_)mnist: folder holding the four IDX files, "
+        "flat or in torchvision's layout (None: Debian's package folder, then the cache); embedded: cache folder",
     )
-    download: bool = Field(False, description="cifar only: fetch the archive into root when missing")
+    download: bool = Field(False, description="cifar and (fashion_)mnist: fetch the files into root when missing")
     resolution: int | None = Field(None, ge=8, le=1024, description="input side; None: the dataset's native size")
+    channels: int | None = Field(
+        None,
+        ge=1,
+        description="(fashion_)mnist: channels of the loaded tensors, 1 or 3 (grey repeated); None: the backbone's in_channels",
+    )
     meta_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="part of the training set held out for the alpha (meta) steps")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
-    augment: bool = Field(True, description="training augmentation (flips; crops for cifar/imagefolder)")
+    augment: bool = Field(True, description="training augmentation (flips; crops for cifar/imagefolder/(fashion_)mnist)")
     train_limit: int | None = Field(None, ge=2, description="use a seeded, class-stratified subset of this many training images")
     val_limit: int | None = Field(None, ge=1, description="use a seeded, class-stratified subset of this many validation images")
     embedded: EmbeddedConfig = EmbeddedConfig()
+    cluttered: ClutteredConfig = ClutteredConfig()
 
     @model_validator(mode="after")
-    def _download_is_for_cifar(self) -> DataConfig:
-        if self.download and not self.dataset.startswith("cifar"):
-            raise ValueError(f"download is only available for cifar10/cifar100, not {self.dataset!r}")
+    def _download_is_for_known_archives(self) -> DataConfig:
+        if self.download and self.dataset not in DOWNLOADABLE:
+            raise ValueError(f"download is only available for {', '.join(DOWNLOADABLE)}, not {self.dataset!r}")
         return self

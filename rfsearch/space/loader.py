@@ -1,4 +1,9 @@
-"""Load a space from YAML with ``safe_load``; map every validation error back to file, key path and line."""
+"""Load a space from YAML with ``safe_load``; map every validation error back to file, key path and line.
+
+Before anything is built from a file it is checked against limits that no real space comes near:
+its size, its nesting depth and its node count with aliases expanded. A billion-laughs file is
+refused from its event stream in milliseconds, instead of being walked alias by alias.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rfsearch.errors import ConfigError
+from rfsearch.space.base import KeyedValueError
 from rfsearch.space.schema import SpaceConfig
 
 Loc = tuple[str | int, ...]
+
+MAX_BYTES = 1 << 20  # a space file is a few kilobytes
+MAX_DEPTH = 32  # nested mappings and lists; the shipped spaces nest 5 deep
+MAX_NODES = 100_000  # keys and values with aliases expanded; the shipped spaces hold a few hundred
 
 
 @dataclass
@@ -43,18 +53,8 @@ def dotted(loc: Iterable[str | int]) -> str:
 def load_space(path: str | Path, overrides: Iterable[str] = ()) -> SpaceConfig:
     """Parse, override and validate a space file. Every problem is a ConfigError (exit code 2)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read the space file: {err.strerror}", file=str(path)) from None
     source = SourceMap(str(path))
-    try:
-        data = yaml.safe_load(text)
-        source.lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"malformed YAML: {problem}", file=str(path), line=mark.line + 1 if mark else None) from None
+    data, source.lines = parse_yaml(_read_text(path), str(path))
     if not isinstance(data, dict):
         raise ConfigError("a space file must be a mapping of sections (backbone, insert, …)", file=str(path), line=1)
     for item in overrides:
@@ -63,6 +63,75 @@ def load_space(path: str | Path, overrides: Iterable[str] = ()) -> SpaceConfig:
     space._source = source
     space.strategy_options()
     return space
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise ConfigError(f"the file holds {path.stat().st_size:,} bytes, more than a space file's limit of {MAX_BYTES:,}", file=str(path))
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a space file", file=str(path)) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read the space file: {err.strerror}", file=str(path)) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"not UTF-8 text: byte {raw[err.start]:#04x} at offset {err.start}", file=str(path), line=line) from None
+
+
+def parse_yaml(text: str, file: str, *, numbered: bool = True) -> tuple[Any, dict[Loc, int]]:
+    """``yaml.safe_load`` of ``text`` and the line of every key, after the limits are checked;
+    a duplicate key is an error (YAML keeps the last silently). Problems name ``file`` and, if
+    ``numbered`` (a file, not a ``--set`` value), the line."""
+    try:
+        _check_limits(text, file)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            lines = _key_lines(node, file)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        if isinstance(err, yaml.reader.ReaderError):  # a character YAML refuses: no mark, a position
+            character = err.character if isinstance(err.character, str) else chr(err.character)
+            line, problem = text.count("\n", 0, err.position) + 1, f"character {character!r} is not allowed"
+        else:
+            line = mark.line + 1 if mark else None
+            problem = ", ".join(p for p in (getattr(err, "context", None), getattr(err, "problem", None)) if p) or str(err).splitlines()[0]
+        raise ConfigError(f"malformed YAML: {problem}", file=file, line=line if numbered else None) from None
+    return data, lines
+
+
+def _check_limits(text: str, file: str) -> None:
+    """Depth and alias-expanded size from the parser's events (iterative: no recursion, no expansion)."""
+    open_sizes: list[list[Any]] = []  # per open collection: its anchor and its expanded size so far
+    anchored: dict[str, int] = {}
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            open_sizes.append([event.anchor, 1])
+            if len(open_sizes) > MAX_DEPTH:
+                raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", file=file, line=event.start_mark.line + 1)
+            continue
+        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, size = open_sizes.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, size = event.anchor, 1
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, size = None, anchored.get(event.anchor, 1)
+        else:
+            continue
+        if anchor is not None:
+            anchored[anchor] = size
+        total = size
+        if open_sizes:
+            open_sizes[-1][1] += size
+            total = open_sizes[-1][1]
+        if total > MAX_NODES:
+            raise ConfigError(f"expands to more than {MAX_NODES:,} keys and values (aliases repeat their anchor's content)", file=file, line=event.start_mark.line + 1)
 
 
 def validate(model: type[BaseModel], data: Any, source: SourceMap) -> Any:
@@ -74,10 +143,13 @@ def validate(model: type[BaseModel], data: Any, source: SourceMap) -> Any:
 
 def _first_error(err: ValidationError, data: Any, source: SourceMap, model: type[BaseModel]) -> ConfigError:
     first = err.errors()[0]
-    loc = _data_path(first["loc"], data)
+    keyed = first.get("ctx", {}).get("error")
+    loc = keyed.loc if isinstance(keyed, KeyedValueError) else _data_path(first["loc"], data)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = f"unknown key '{loc[-1]}'" + _suggest(model, loc)
+    elif first["type"] == "missing" and isinstance(first["loc"][-1], int):  # a list or tuple too short
+        message = f"item {first['loc'][-1]} is missing"
     elif first["type"] == "missing":
         message = f"missing required key '{loc[-1]}'"
     more = len(err.errors()) - 1
@@ -128,18 +200,24 @@ def _model_of(annotation: Any) -> Any:
     return None
 
 
-def _key_lines(node: yaml.Node | None, loc: Loc = ()) -> dict[Loc, int]:
+def _key_lines(node: yaml.Node | None, file: str, loc: Loc = ()) -> dict[Loc, int]:
     if node is None:
         return {}
     lines: dict[Loc, int] = {loc: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
         for key, value in node.value:
             child = loc + (key.value,)
-            lines.update(_key_lines(value, child))
-            lines[child] = key.start_mark.line + 1
+            line = key.start_mark.line + 1
+            if isinstance(key, yaml.ScalarNode) and key.value != "<<":  # a merge key may repeat
+                if key.value in seen:
+                    raise ConfigError(f"duplicate key '{key.value}' (first on line {seen[key.value]}); YAML would keep the last one", file=file, path=dotted(child), line=line)
+                seen[key.value] = line
+            lines.update(_key_lines(value, file, child))
+            lines[child] = line
     elif isinstance(node, yaml.SequenceNode):
         for i, value in enumerate(node.value):
-            lines.update(_key_lines(value, loc + (i,)))
+            lines.update(_key_lines(value, file, loc + (i,)))
     return lines
 
 
@@ -148,10 +226,7 @@ def apply_override(data: dict[str, Any], item: str, source: SourceMap) -> dict[s
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key.path=value, got '{item}'", file="--set")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"value is not valid YAML: {err}", file=f"--set {item}") from None
+    value, _ = parse_yaml(raw, f"--set {item}", numbered=False)
     loc: Loc = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
     node: Any = data
     for i, part in enumerate(loc[:-1]):

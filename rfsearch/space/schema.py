@@ -23,7 +23,7 @@ from pydantic import (
 from rfsearch.errors import ConfigError
 from rfsearch.imports import import_object, is_import_path
 from rfsearch.ops.registry import Candidate, expand_candidates
-from rfsearch.space.base import StrictModel
+from rfsearch.space.base import KeyedValueError, StrictModel
 from rfsearch.space.data_config import DataConfig
 
 
@@ -102,7 +102,7 @@ class InsertRule(StrictModel):
     modules: list[str] = Field(default_factory=list)
     types: list[str] = Field(default_factory=list)
     index: int | str | list[int] | None = Field(None, description="'1:', '0:8:2', 3, or [0, 2, 5] over the matches")
-    candidates: list[CandidateGroup] | None = Field(None, description="default: the space's candidates")
+    candidates: list[CandidateGroup] | None = Field(None, min_length=1, description="default: the space's candidates")
     post: list[PostLayer] | None = Field(None, description="layers after the mix; default: the space's post")
 
     @field_validator("modules", "types", mode="before")
@@ -219,6 +219,7 @@ class SpaceConfig(StrictModel):
     backbone: BackboneConfig
     candidates: list[CandidateGroup] = Field(
         default_factory=lambda: [_expand_group(e) for e in PAPER_CANDIDATES],
+        min_length=1,
         description="default candidates of every rule",
     )
     post: list[PostLayer] = Field(default_factory=list, description="default post-mix layers (the authors': [batchnorm, hardswish])")
@@ -230,9 +231,13 @@ class SpaceConfig(StrictModel):
 
     @model_validator(mode="after")
     def _data_follows_the_model(self) -> SpaceConfig:
-        """The data is served at the resolution the backbone is traced and costed at."""
-        if self.data.resolution is None:
-            self.data.resolution = self.backbone.input_size
+        """The data is served at the resolution (and, for grey images, the channels) the backbone expects."""
+        for field, source in (("resolution", "input_size"), ("channels", "in_channels")):
+            if getattr(self.data, field) is None:
+                try:
+                    setattr(self.data, field, getattr(self.backbone, source))
+                except ValidationError as err:  # the user wrote the backbone's key, not the data's
+                    raise KeyedValueError(("backbone", source), f"data.{field} follows it: {err.errors()[0]['msg']}") from None
         return self
 
     def error_at(self, loc: tuple[str | int, ...], message: str) -> ConfigError:

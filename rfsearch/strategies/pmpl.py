@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Literal
 
@@ -19,6 +20,11 @@ class PMPLOptions(StrictModel):
         0.2, gt=0, lt=1, description="fix a point once π_max − π_second ≥ rho; null: no progressive stopping (DARTS-style)"
     )
     lookahead: bool = Field(True, description="α step at θ′ = θ − ζ∇θL_train (the paper); false: at θ (the authors' code)")
+    weight_grad: Literal["after_alpha", "reuse"] = Field(
+        "after_alpha",
+        description="the weight step's gradient: at the new α, as Algorithm 1 orders it (a second forward and "
+        "backward); reuse: the one taken for θ′ at the old α (cheaper)",
+    )
     fallback: Literal["argmax", "top2"] = Field(
         "argmax", description="how points still open at the end of the budget are fixed; top2 sums the two best (the authors' code)"
     )
@@ -37,16 +43,26 @@ def decision(probs: torch.Tensor, rho: float) -> int | None:
 
 @register_strategy("pmpl")
 class PMPL(Strategy):
-    """θ′ = θ − ζ∇θL_train; α ← Adam(∇α L_meta(θ′, α)); θ ← SGD(∇θ L_train); fix confident points."""
+    """θ′ = θ − ζ∇θL_train; α ← Adam(∇α L_meta(θ′, α)); θ ← SGD(∇θ L_train(θ, α_new)); fix confident points."""
 
     Options = PMPLOptions
     options: PMPLOptions
 
     def step(self, ctx: SearchContext, batch: Batch, meta_batch: Batch) -> dict[str, float]:
-        stats = ctx.weight_backward(batch)
-        if ctx.arch_updates and self.supernet.arch_parameters():
-            weights = ctx.lookahead_weights() if self.options.lookahead else None
-            stats.update(ctx.arch_step(meta_batch, weights))
+        if not (ctx.arch_updates and self.supernet.arch_parameters()):
+            stats = ctx.weight_backward(batch)
+            ctx.weight_step()
+            return stats
+        fresh = self.options.weight_grad == "after_alpha"
+        stats: dict[str, float] = {}
+        if self.options.lookahead or not fresh:
+            # the gradient at α_old: θ′'s, and with ``reuse`` the weight step's too
+            with ctx.measuring() if fresh else contextlib.nullcontext():
+                stats = ctx.weight_backward(batch)
+        weights = ctx.lookahead_weights() if self.options.lookahead else None
+        stats.update(ctx.arch_step(meta_batch, weights))
+        if fresh:
+            stats.update(ctx.weight_backward(batch))  # ∇θ L_train(θ, α_new): the loss logged is this one
         ctx.weight_step()
         return stats
 

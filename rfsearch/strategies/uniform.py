@@ -46,25 +46,33 @@ class UniformSampling(Strategy):
         return False  # uniform sampling runs the whole budget; choices are made in finalize
 
     @torch.no_grad()
-    def finalize(self, ctx: SearchContext, meta_batches: Iterator[Batch]) -> list[Fixing]:
-        """For each point in order: try every candidate, the points before it at their choices and
-        those after it on random paths (the same paths and batches for every candidate)."""
-        batches = [ctx.batch(b) for b in itertools.islice(meta_batches, self.options.eval_batches)]
-        fixings = []
+    def score(self, ctx: SearchContext, path: str, name: str, batches: list[Batch]) -> float:
+        """The summed meta loss with ``name`` at ``path``, the points before it at their choices and
+        those after it on random paths drawn from the generator. Eval mode: no dropout, BatchNorm's
+        running statistics read and never updated, so a candidate scored twice from the same
+        generator state scores the same."""
+        was_training = self.supernet.training
+        self.supernet.eval()
         try:
-            for path in self.supernet.unfixed():
-                mixed = self.supernet.mixed_ops[path]
-                state = self.generator.get_state()
-                scores = []
-                for name in mixed.names:
-                    self.generator.set_state(state)
-                    self._sample_paths([p for p in self.supernet.unfixed() if p != path])
-                    mixed.active = name
-                    scores.append(sum(ctx.loss(self.supernet(x), y).item() for x, y in batches))
-                    self._clear_paths()
-                scores = ctx.mean_over_ranks(scores)  # under torchrun each rank scored its own meta shard
-                best = mixed.names[min(range(len(scores)), key=scores.__getitem__)]
-                fixings.append(self.fix(path, [best], ctx.step))
+            self._sample_paths([p for p in self.supernet.unfixed() if p != path])
+            self.supernet.mixed_ops[path].active = name
+            return sum(ctx.loss(self.supernet(x), y).item() for x, y in batches)
         finally:
             self._clear_paths()
+            self.supernet.train(was_training)
+
+    def finalize(self, ctx: SearchContext, meta_batches: Iterator[Batch]) -> list[Fixing]:
+        """For each point in order: score every candidate on the same paths and batches, fix the best."""
+        batches = [ctx.batch(b) for b in itertools.islice(meta_batches, self.options.eval_batches)]
+        fixings = []
+        for path in self.supernet.unfixed():
+            names = self.supernet.mixed_ops[path].names
+            state = self.generator.get_state()
+            scores = []
+            for name in names:
+                self.generator.set_state(state)
+                scores.append(self.score(ctx, path, name, batches))
+            scores = ctx.mean_over_ranks(scores)  # under torchrun each rank scored its own meta shard
+            best = names[min(range(len(scores)), key=scores.__getitem__)]
+            fixings.append(self.fix(path, [best], ctx.step))
         return fixings

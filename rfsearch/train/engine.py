@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 from collections.abc import Iterable, Iterator
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rfsearch.errors import RfsearchError
+from rfsearch.errors import NonFiniteError, RfsearchError
 from rfsearch.space.schema import WeightOptimizer
 
 
@@ -97,6 +98,20 @@ def prune_optimizer(optimizer: torch.optim.Optimizer, keep: Iterable[nn.Paramete
     return dropped
 
 
+def check_finite(values: dict[str, float], where: str, hint: str) -> None:
+    """Stop the run at the first NaN or infinite number a step measured (its loss, its accuracy)."""
+    bad = [f"{name} is {value}" for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        raise NonFiniteError(f"{where}: {', '.join(bad)}: stopped ({hint})")
+
+
+def check_weights_finite(model: nn.Module, where: str, hint: str) -> None:
+    """Stop before a checkpoint would save NaN or infinite weights or statistics."""
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(f"{where}: {name} holds non-finite values: stopped ({hint})")
+
+
 def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
     """Counts of samples whose label is among the top-k logits (k capped at the class count)."""
     maxk = min(max(ks), logits.shape[1])
@@ -115,15 +130,18 @@ def evaluate(
     channels_last: bool = False,
     reduce: Any = None,
 ) -> dict[str, float]:
-    """Loss, top-1 and top-5 (percent) in eval mode. ``reduce`` sums the counts across ranks."""
+    """Loss, top-1 and top-5 (percent) in eval mode; top-5 is None with 5 classes or fewer, where
+    every label is among the top 5. ``reduce`` sums the counts across ranks."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1, top5, count
+    classes = 0
     try:
         for batch in batches:
             x, y = to_device(batch, device, channels_last)
             with autocast(device, amp):
                 logits = model(x)
+            classes = logits.shape[1]
             loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             top1, top5 = topk_correct(logits, y)
             totals += torch.tensor([loss.item(), top1, top5, y.numel()], dtype=torch.float64, device=device)
@@ -132,7 +150,8 @@ def evaluate(
     if reduce is not None:
         reduce(totals)
     n = max(totals[3].item(), 1.0)
-    return {"loss": totals[0].item() / n, "top1": 100 * totals[1].item() / n, "top5": 100 * totals[2].item() / n, "samples": int(totals[3].item())}
+    top5 = 100 * totals[2].item() / n if classes > 5 else None
+    return {"loss": totals[0].item() / n, "top1": 100 * totals[1].item() / n, "top5": top5, "samples": int(totals[3].item())}
 
 
 def cycle(loader: Iterable[Any]) -> Iterator[Any]:

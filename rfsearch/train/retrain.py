@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,16 +15,18 @@ from torch import nn
 
 from rfsearch import data as rfdata
 from rfsearch.arch import Arch
-from rfsearch.console import console, progress_bar
+from rfsearch.console import TrainingProgress, console
 from rfsearch.discretize import build_child, child_state, save_child
 from rfsearch.distributed import init_distributed
 from rfsearch.errors import RfsearchError
-from rfsearch.io import append_jsonl, load_checkpoint, save_checkpoint, write_json
+from rfsearch.io import restoring, save_checkpoint, write_json
 from rfsearch.report import child_report
 from rfsearch.space.schema import SpaceConfig
 from rfsearch.train import rundir
 from rfsearch.train.engine import (
     autocast,
+    check_finite,
+    check_weights_finite,
     cosine_schedule,
     epoch_steps,
     evaluate,
@@ -34,6 +37,10 @@ from rfsearch.train.engine import (
     sgd,
     to_device,
 )
+from rfsearch.train.loggers import HistoryWriter
+
+
+HINT = "lower train.retrain.optimizer.lr or set train.retrain.grad_clip"
 
 
 @dataclass
@@ -82,9 +89,11 @@ def run_retrain(
     resume: str | Path | None = None,
     epochs: int | None = None,
     show_progress: bool = True,
+    log: Sequence[str] = (),
 ) -> RetrainResult:
     """Train the child of ``arch`` from scratch on ``space.data`` with ``space.train.retrain`` into a
-    run directory (or continue the one in ``resume``). ``epochs`` overrides the recipe's."""
+    run directory (or continue the one in ``resume``). ``epochs`` overrides the recipe's; ``log``:
+    the sinks (csv, tensorboard) the per-epoch history also goes to."""
     if epochs is not None:
         space = space.model_copy(deep=True)
         space.train.retrain.epochs = epochs
@@ -93,13 +102,13 @@ def run_retrain(
     device = resolve_device(device_name)
     arch = fit_classifier(arch, space)
     name = arch.space or space.name
-    # one path for every rank: rank 0 names (and creates) it, the others receive it
-    run_dir = Path(resume) if resume is not None else dist.on_main(lambda: rundir.new_run_dir("retrain", name, out))
     seed = space.train.seed
     seed_everything(seed, space.train.deterministic)
 
     child = build_child(arch)
     report = child_report(arch)
+    # once the child builds: one path for every rank, rank 0 names (and creates or checks) it
+    run_dir = dist.on_main(lambda: rundir.new_run_dir("retrain", name, out) if resume is None else rundir.resume_run_dir(resume, "retrain"))
     channels_last = space.train.channels_last and device.type == "cuda"
     child.to(device, memory_format=torch.channels_last) if channels_last else child.to(device)
     child = dist.convert_sync_bn(child, device, space.train.sync_bn)  # before DDP wraps it
@@ -113,38 +122,36 @@ def run_retrain(
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "top1": None, "top5": None}
     history_path, checkpoint = run_dir / rundir.HISTORY, run_dir / rundir.CHECKPOINT
+    history_log = HistoryWriter(history_path, log, x_key="epoch")
     resumed = resume is not None and checkpoint.exists()
     if resumed:
-        state = load_checkpoint(checkpoint)  # on every rank
-        saved = Arch.model_validate(state["arch"])
-        if saved.choices() != arch.choices() or saved.backbone != arch.backbone:
-            raise RfsearchError(f"{checkpoint} holds another architecture than the one given to resume it")
-        child.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start_epoch, step, elapsed, history, best = state["epoch"], state["step"], state["elapsed"], state["history"], state["best"]
-        if dist.is_main:
-            console.print(f"[bold]Resuming[/] {run_dir} at epoch {start_epoch}/{recipe.epochs}")
-    if dist.is_main:
-        if not resumed:
-            rundir.save_config(run_dir, space)
-            arch.save(run_dir / "arch.json")
-            write_json(run_dir / rundir.REPORT, report)
-        rundir.truncate_history(history_path, step)
+        state = rundir.read_checkpoint(checkpoint, "retrain")  # on every rank
+        with restoring(checkpoint):
+            saved = Arch.model_validate(state["arch"])
+            if saved.choices() != arch.choices() or saved.backbone != arch.backbone:
+                raise RfsearchError(f"{checkpoint} holds another architecture than the one given to resume it")
+            child.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            start_epoch, step, elapsed, history, best = state["epoch"], state["step"], state["elapsed"], state["history"], state["best"]
 
     started = time.perf_counter()
 
     def result() -> RetrainResult:
         return RetrainResult(run_dir, arch, history, best, report, elapsed + time.perf_counter() - started, len(history) == recipe.epochs)
 
-    progress = progress_bar(
-        "[bold]retrain[/] epoch {task.fields[epoch]}/" + str(recipe.epochs),
-        "loss {task.fields[loss]:.3f} · val top-1 {task.fields[top1]}",
-        show_progress and dist.is_main,
-    )
-    with progress:
-        task = progress.add_task("retrain", total=recipe.epochs * steps_per_epoch, completed=step, epoch=start_epoch + 1, loss=0.0, top1="-")
+    progress = TrainingProgress("retrain", recipe.epochs * steps_per_epoch, run_dir, completed=step, enabled=show_progress and dist.is_main)
+    val_note = "-"
+    with rundir.keeping_last_checkpoint(checkpoint), progress:
+        if dist.is_main:
+            if resumed:
+                console.print(f"[bold]Resuming[/] {run_dir} at epoch {start_epoch}/{recipe.epochs}")
+            else:
+                write_json(run_dir / rundir.REPORT, report)  # first: it marks a retrain run directory
+                rundir.save_config(run_dir, space)
+                arch.save(run_dir / "arch.json")
+            rundir.truncate_history(history_path, step)
         for epoch in range(start_epoch, recipe.epochs):
             rfdata.set_epoch(loaders.train, seed, epoch)
             child.train()
@@ -155,6 +162,8 @@ def run_retrain(
                 with autocast(device, space.train.amp):
                     logits = model(x)
                 loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+                mean_loss = dist.mean_stats({"loss": loss.item()}, device)  # the same on every rank, so all stop together
+                check_finite(mean_loss, f"retrain step {step + 1} (epoch {epoch + 1})", HINT)  # before the step: the weights stay good
                 loss.backward()
                 if recipe.grad_clip is not None:
                     nn.utils.clip_grad_norm_(child.parameters(), recipe.grad_clip)
@@ -165,8 +174,8 @@ def run_retrain(
                 sums[0] += loss.detach() * y.numel()
                 sums[1] += (logits.argmax(1) == y).sum()
                 sums[2] += y.numel()
-                if show_progress:  # the same on every rank: the bar shows the loss averaged over ranks
-                    progress.update(task, advance=1, epoch=epoch + 1, loss=dist.mean_stats({"loss": loss.item()}, device)["loss"])
+                acc = 100 * sums[1].item() / sums[2].item()  # this epoch's so far, on this rank
+                progress.update(1, f"epoch {epoch + 1}/{recipe.epochs} · loss {mean_loss['loss']:.3f} · acc {acc:.1f}% · val top-1 {val_note}")
             dist.sum_(sums)
             dist.mean_buffers(child)  # every rank evaluates (and rank 0 saves) the same BN statistics
             val = evaluate(child, loaders.val, device, amp=space.train.amp, channels_last=channels_last, reduce=dist.sum_)
@@ -178,19 +187,22 @@ def run_retrain(
                 "train_acc": round(100 * sums[1].item() / sums[2].item(), 3),
                 "val_loss": round(val["loss"], 5),
                 "top1": round(val["top1"], 3),
-                "top5": round(val["top5"], 3),
+                "top5": None if val["top5"] is None else round(val["top5"], 3),
             }
+            check_finite({"val_loss": record["val_loss"], "train_loss": record["train_loss"]}, f"retrain epoch {epoch + 1}", HINT)
+            check_weights_finite(child, f"retrain epoch {epoch + 1}", HINT)  # a NaN never overwrites the last good checkpoint
             history.append(record)
             improved = best["top1"] is None or record["top1"] > best["top1"]
             if improved:
                 best = {"epoch": record["epoch"], "top1": record["top1"], "top5": record["top5"]}
-            progress.update(task, top1=f"{record['top1']:.2f}% (best {best['top1']:.2f}%)")
-            if show_progress and dist.is_main:
-                progress.console.print(
-                    f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} · val top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}%"
-                )
+            val_note = f"{record['top1']:.2f}% (best {best['top1']:.2f}%)"
+            top5 = "" if record["top5"] is None else f" top-5 {record['top5']:.2f}%"
+            progress.epoch_done(
+                f"epoch {epoch + 1}/{recipe.epochs} · loss {record['train_loss']:.3f} · acc {record['train_acc']:.1f}% · val top-1 {val_note}",
+                summary=f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} · val top-1 {record['top1']:.2f}%{top5}" if progress.live else None,
+            )
             if dist.is_main:
-                append_jsonl(history_path, record)
+                history_log.write(record)
                 if improved:
                     save_child(run_dir / rundir.BEST, arch, child)
                 save_checkpoint(
@@ -208,6 +220,7 @@ def run_retrain(
                     },
                 )
                 write_json(run_dir / rundir.METRICS, result().metrics())
+    history_log.close()
     done = result()
     if dist.is_main:
         write_json(run_dir / rundir.METRICS, done.metrics())
