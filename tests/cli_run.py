@@ -18,13 +18,18 @@ class Outcome:
     err: str
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> Outcome:
+def exit_code(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """``rfsearch ARGS`` through the real entry point; its exit code."""
     monkeypatch.setattr(sys, "argv", ["rfsearch", *args])
     try:
         main()
-        code = 0
     except SystemExit as done:
-        code = int(done.code or 0)
+        return int(done.code or 0)
+    return 0
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> Outcome:
+    code = exit_code(monkeypatch, *args)
     captured = capsys.readouterr()
     return Outcome(code, captured.out, captured.err)
 

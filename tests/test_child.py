@@ -17,7 +17,6 @@ from torch import Tensor, nn
 
 from rfsearch import data as rfdata
 from rfsearch.arch import Arch, arch_of, fixed_arch
-from rfsearch.cli import main
 from rfsearch.discretize import build_child, discretize, load_child, read_child, save_child
 from rfsearch.errors import RfsearchError
 from rfsearch.export import ExportMismatch, child_for_export, export_child, verify_export
@@ -32,6 +31,8 @@ from rfsearch.supernet import MixedOp, Supernet, build_supernet
 from rfsearch.train import rundir
 from rfsearch.train.engine import evaluate
 from rfsearch.train.retrain import run_retrain
+
+from tests.cli_run import exit_code
 
 ROOT = Path(__file__).resolve().parents[1]
 MBV2 = {"name": "mobilenet_v2", "kwargs": {"width_mult": 0.25}, "input_size": 16, "max_downsample": 4}
@@ -296,15 +297,6 @@ def test_resumed_retrain_continues_and_ends_like_an_uninterrupted_one(tmp_path: 
         assert torch.equal(tensor, end_resumed["model"][key]), key
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["rfsearch", *args])
-    try:
-        main()
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
-
-
 def test_cli_retrain_reads_the_search_run_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     space = tiny_space()
     search_run = tmp_path / "search"
@@ -312,20 +304,20 @@ def test_cli_retrain_reads_the_search_run_config(tmp_path: Path, monkeypatch: py
     tiny_arch(space).save(search_run / "arch.json")
 
     out = tmp_path / "retrain"
-    code = run_cli(monkeypatch, "retrain", str(search_run), "--epochs", "1", "--set", "train.retrain.batch_size=32", "--out", str(out), "--quiet")
+    code = exit_code(monkeypatch, "retrain", str(search_run), "--epochs", "1", "--set", "train.retrain.batch_size=32", "--out", str(out), "--quiet")
     assert code == 0
     saved = rundir.load_run_config(out)
     assert saved.train.retrain.epochs == 1 and saved.train.retrain.batch_size == 32
     assert read_json(out / rundir.METRICS)["epochs"] == 1
 
     capsys.readouterr()
-    assert run_cli(monkeypatch, "report", str(out), "--json") == 0
+    assert exit_code(monkeypatch, "report", str(out), "--json") == 0
     assert json.loads(capsys.readouterr().out) == read_json(out / rundir.REPORT)
 
     bare = tmp_path / "elsewhere" / "arch.json"
     Arch.load(search_run).save(bare)
-    assert run_cli(monkeypatch, "retrain", str(bare)) == 2
+    assert exit_code(monkeypatch, "retrain", str(bare)) == 2
     assert "--space" in capsys.readouterr().err
-    assert run_cli(monkeypatch, "export", str(bare), "--format", "tflite") == 2
+    assert exit_code(monkeypatch, "export", str(bare), "--format", "tflite") == 2
     assert "unknown export format" in capsys.readouterr().err
 

@@ -5,7 +5,6 @@ the same weights, and ``rfsearch erf`` on a space file and on a retrain run (erf
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,13 +13,13 @@ import torch
 from torch import nn
 
 from rfsearch import Arch, build_child, effective_receptive_field, load_space, run_retrain
-from rfsearch.cli import main
 from rfsearch.erf import sample_images, stage_points, study_erf, uniform_arch
 from rfsearch.graph.backbone import build_backbone
 from rfsearch.graph.wrap import Enhanced, without_enhancers
 from rfsearch.io import read_json
 
 from tests import tiny
+from tests.cli_run import exit_code
 
 SPACE = "spaces/custom_backbone.yaml"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -32,15 +31,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["rfsearch", *args])
-    try:
-        main()
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
 
 
 def sets(*items: str) -> list[str]:
@@ -101,7 +91,7 @@ def test_pooling_widens_the_erf_of_the_child_over_its_backbone_on_the_same_weigh
 
 def test_erf_of_a_space_file_writes_json_and_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "erf"
-    assert run_cli(monkeypatch, "erf", SPACE, "--op", "maxpool3", "--images", "8", "--out", str(out), *sets(*tiny.TINY)) == 0
+    assert exit_code(monkeypatch, "erf", SPACE, "--op", "maxpool3", "--images", "8", "--out", str(out), *sets(*tiny.TINY)) == 0
     facts = read_json(out / "erf.json")
     assert facts["images"] == 8 and list(facts["weights"]) == ["init"]
     assert [p["path"] for p in facts["points"]] == ["blocks.0.depthwise", "blocks.2.depthwise", "blocks.3.depthwise"]
@@ -110,10 +100,10 @@ def test_erf_of_a_space_file_writes_json_and_png(tmp_path: Path, monkeypatch: py
 
     capsys.readouterr()
     # global is not a candidate of the space's last point: one line, exit 2
-    assert run_cli(monkeypatch, "erf", SPACE, "--op", "global", "--out", str(out), *sets(*tiny.TINY)) == 2
+    assert exit_code(monkeypatch, "erf", SPACE, "--op", "global", "--out", str(out), *sets(*tiny.TINY)) == 2
     err = capsys.readouterr().err
     assert "op 'global' is not a candidate at blocks.3.depthwise" in err and "Traceback" not in err
-    assert run_cli(monkeypatch, "erf", SPACE, "--point", "blocks.9", "--out", str(out), *sets(*tiny.TINY)) == 2
+    assert exit_code(monkeypatch, "erf", SPACE, "--point", "blocks.9", "--out", str(out), *sets(*tiny.TINY)) == 2
     assert "no insertion point 'blocks.9'" in capsys.readouterr().err
 
 
@@ -123,7 +113,7 @@ def test_erf_of_a_retrain_run_uses_its_trained_weights_and_report_shows_them(
     space = load_space(SPACE, [*tiny.TINY, "train.retrain.epochs=1", "train.retrain.batch_size=32"])
     arch = uniform_arch(space, "avgpool3")
     run = run_retrain(space, arch, tmp_path / "retrain", show_progress=False).run_dir
-    assert run_cli(monkeypatch, "erf", str(run), "--images", "8") == 0
+    assert exit_code(monkeypatch, "erf", str(run), "--images", "8") == 0
     facts = read_json(run / "erf.json")
     assert facts["weights"]["trained"] == str(run / "best.pt")
     for p in facts["points"]:
@@ -131,14 +121,14 @@ def test_erf_of_a_retrain_run_uses_its_trained_weights_and_report_shows_them(
     assert (run / "erf.png").read_bytes().startswith(PNG_SIGNATURE)
 
     capsys.readouterr()
-    assert run_cli(monkeypatch, "report", str(run), "--json") == 0
+    assert exit_code(monkeypatch, "report", str(run), "--json") == 0
     assert json.loads(capsys.readouterr().out)["erf"] == facts
-    assert run_cli(monkeypatch, "report", str(run)) == 0
+    assert exit_code(monkeypatch, "report", str(run)) == 0
     assert "effective receptive field" in capsys.readouterr().out
 
     # an erf.json of another arch is not shown as that arch's
     other = tmp_path / "other"
     uniform_arch(space, "maxpool3").save(other / "arch.json")
     (other / "erf.json").write_text((run / "erf.json").read_text())
-    assert run_cli(monkeypatch, "report", str(other), "--json") == 0
+    assert exit_code(monkeypatch, "report", str(other), "--json") == 0
     assert "erf" not in json.loads(capsys.readouterr().out)

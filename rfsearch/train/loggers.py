@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rfsearch.errors import RfsearchError
-from rfsearch.io import append_jsonl, read_jsonl, write_text
+from rfsearch.io import append_jsonl, read_jsonl, write_text, writing
 
 SINKS = ("csv", "tensorboard")
 CSV_FILE = "history.csv"
@@ -73,7 +73,7 @@ class CsvSink:
             self.columns += new
             write_text(self.path, self._text(self.rows, header=True))
             return
-        with open(self.path, "a", newline="") as handle:
+        with writing(self.path), open(self.path, "a", newline="") as handle:
             handle.write(self._text([row], header=False))
             handle.flush()
 
