@@ -160,19 +160,21 @@ def build_supernet(space: SpaceConfig, num_classes: int | None = None, init_std:
         raise space.error_at(getattr(err, "loc", ("backbone", "kwargs" if space.backbone.kwargs else "name")), str(err)) from None
     points = discover_points(net, space)
     mixed: dict[str, MixedOp] = {}
-    merged: list[str] = []
+    merged: dict[str, list[str]] = {}  # what coincides (on which map size) → the points where it does
     for i, point in enumerate(points):
         built = build_candidates(space, point)  # each checked on the point's shape
         same = built.same
         if same:
             points[i] = point = dataclasses.replace(point, candidates=tuple(c for c in point.candidates if c.name not in same))
-            merged.append(f"{point.path} ({point.height}×{point.width}): " + ", ".join(f"{n} = {k}" for n, k in same.items()))
+            merged.setdefault(f"{point.height}×{point.width}: " + ", ".join(f"{n} = {k}" for n, k in same.items()), []).append(point.path)
         mixed[point.path] = MixedOp(built.distinct, init_std, aliases=same)
         if len(mixed[point.path].names) == 1:
             mixed[point.path].fix(mixed[point.path].names[0], step=0)
     if merged:
+        count = sum(len(paths) for paths in merged.values())
         warnings.warn(
-            f"{len(merged)} point(s) have candidates that coincide on their map; each keeps the first of them: " + "; ".join(merged),
+            f"{count} point(s) have candidates that coincide on their map, so each keeps the first of them: "
+            + "; ".join(f"{', '.join(paths)} ({what})" for what, paths in merged.items()),
             RfsearchWarning,
             stacklevel=2,
         )
