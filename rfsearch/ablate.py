@@ -57,6 +57,7 @@ from rfsearch.errors import RfsearchError
 from rfsearch.io import read_json, write_json, write_text
 from rfsearch.ops.registry import Candidate, expand_candidates
 from rfsearch.space.schema import SpaceConfig
+from rfsearch.strategies import switched_to
 from rfsearch.stats import CONFIDENCE, Interval, mean_interval, paired_difference
 from rfsearch.train import rundir
 
@@ -153,7 +154,7 @@ def search_space(space: SpaceConfig, row: Row) -> SpaceConfig:
     """The space a searched row runs: its strategy (keeping the options that strategy accepts) and
     the row's candidates at every point."""
     assert row.strategy is not None
-    strategy = space.strategy.switched_to(row.strategy).model_dump(mode="json")
+    strategy = switched_to(space.strategy, row.strategy).model_dump(mode="json")
 
     def group(own: list[Candidate]) -> list[list[dict[str, Any]]]:
         return [[c.to_dict() for c in row_candidates(space, row, own)]]

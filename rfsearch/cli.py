@@ -38,7 +38,7 @@ def _sets(overrides: list[str] | None, extra: dict[str, object] | None) -> list[
 
 
 def _load(space_file: Path, overrides: list[str] | None, extra: dict[str, object] | None = None):
-    from rfsearch.space.loader import load_space
+    from rfsearch.loading import load_space
 
     return load_space(space_file, _sets(overrides, extra))
 
@@ -79,11 +79,13 @@ def inspect(
 def _switch_strategy(space: SpaceConfig, name: str) -> SpaceConfig:
     """The space running strategy ``name``; options of the file's strategy that ``name`` does not
     take are dropped, with a note (the file stays as written)."""
+    from rfsearch.strategies import switched_to
+
     try:
-        switched = space.strategy.switched_to(name)
+        switched = switched_to(space.strategy, name)
     except (ValueError, ImportError) as err:
         raise ConfigError(str(err), path="--strategy") from None
-    dropped = sorted(set(space.strategy.model_extra or {}) - set(switched.model_extra or {}))
+    dropped = sorted(set(space.strategy.options) - set(switched.options))
     if dropped:
         console.print(f"[bold yellow]note:[/] --strategy {name}: the space's {space.strategy.name} options {', '.join(dropped)} do not apply and are left out")
     return space.model_copy(update={"strategy": switched})

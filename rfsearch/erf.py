@@ -251,7 +251,7 @@ class ErfSource:
 def resolve_source(source: str | Path, op: str | None = None, overrides: Sequence[str] = ()) -> ErfSource:
     """A run directory or an arch file (its config.yaml gives the data; a retrain run's best.pt the
     trained weights), or a space file (``op`` at every point, default avgpool3: no search, no weights)."""
-    from rfsearch.space.loader import load_space
+    from rfsearch.loading import load_space
 
     source = Path(source)
     if source.is_dir() or source.suffix == ".json":

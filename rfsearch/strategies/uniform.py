@@ -23,6 +23,7 @@ class UniformOptions(StrictModel):
 class UniformSampling(Strategy):
     Options = UniformOptions
     options: UniformOptions
+    single_path = True
 
     def _sample_paths(self, paths: list[str]) -> None:
         for path in paths:
