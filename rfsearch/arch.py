@@ -12,7 +12,8 @@ from rfsearch.graph.points import InsertionPoint
 from rfsearch.io import read_json, write_json
 from rfsearch.ops.registry import Candidate, get_op
 from rfsearch.space.base import StrictModel
-from rfsearch.space.loader import SourceMap, dotted, validate
+from rfsearch.space.base import dotted
+from rfsearch.space.loader import SourceMap, validate
 from rfsearch.space.schema import BackboneConfig
 
 ARCH_FORMAT = "rfsearch-arch/1"

@@ -238,16 +238,14 @@ def plot_erf(study: ErfStudy, path: str | Path) -> Path:
     from matplotlib.colors import PowerNorm
     from matplotlib.patches import Rectangle
 
-    from rfsearch.erf import NETWORKS
-
-    columns = [(w, n) for w in study.maps for n in NETWORKS]
+    columns = [(w, n) for w, by_network in study.maps.items() for n in by_network]
     fig = _figure(2.3 * len(columns) + 0.4, 2.35 * len(study.points) + 0.7)
     axes = fig.subplots(len(study.points), len(columns), squeeze=False)
     for row, point in enumerate(study.points):
         for col, (weights, network) in enumerate(columns):
             ax = axes[row][col]
             erf = study.maps[weights][network][point.path]
-            peak = max(float(study.maps[weights][n][point.path].mass.max()) for n in NETWORKS) or 1.0
+            peak = max(float(by_point[point.path].mass.max()) for by_point in study.maps[weights].values()) or 1.0
             ax.imshow(erf.mass.numpy(), cmap="magma", norm=PowerNorm(0.5, vmin=0.0, vmax=peak), interpolation="nearest")
             radii = erf.radii()
             for key, style in (("r50", "--"), ("r90", "-")):

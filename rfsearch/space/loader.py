@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rfsearch.errors import ConfigError, RfsearchWarning
-from rfsearch.space.base import KeyedValueError
+from rfsearch.space.base import KeyedValueError, dotted
 from rfsearch.space.schema import SpaceConfig
 
 Loc = tuple[str | int, ...]
@@ -45,10 +45,6 @@ class SourceMap:
             if loc[:n] in self.lines:
                 return ConfigError(message, file=self.file, path=path, line=self.lines[loc[:n]])
         return ConfigError(message, file=self.file, path=path)
-
-
-def dotted(loc: Iterable[str | int]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
 def read_space(path: str | Path, overrides: Iterable[str] = ()) -> SpaceConfig:

@@ -23,7 +23,7 @@ from pydantic import (
 from rfsearch.errors import ConfigError
 from rfsearch.imports import import_object, is_import_path
 from rfsearch.ops.registry import Candidate, expand_candidates
-from rfsearch.space.base import KeyedValueError, StrictModel
+from rfsearch.space.base import KeyedValueError, StrictModel, dotted
 from rfsearch.space.data_config import DataConfig
 
 
@@ -220,8 +220,6 @@ class SpaceConfig(StrictModel):
         """A ConfigError at a key of this space, with file and line when it was loaded from YAML."""
         if self._source is not None:
             return self._source.error(loc, message)
-        from rfsearch.space.loader import dotted
-
         return ConfigError(message, path=dotted(loc))
 
     @field_validator("candidates")
