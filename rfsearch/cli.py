@@ -344,6 +344,28 @@ def _print_erf(facts: dict) -> None:
     print_table(table)
 
 
+@app.command("list")
+def list_(
+    kind: Annotated[str, typer.Argument(help="ops, strategies or backbones")],
+    pattern: Annotated[str, typer.Argument(help="shell-style filter on the names: 'avg*', '*mobilenet*'")] = "*",
+) -> None:
+    """What a space can name: the ops (candidates), the strategies, the torchvision backbones;
+    each with its options and their defaults."""
+    from rfsearch.catalogue import KINDS, entries
+
+    if kind not in KINDS:
+        raise RfsearchError(f"rfsearch list: '{kind}' is not one of {', '.join(KINDS)}")
+    found = entries(kind, pattern)  # type: ignore[arg-type]
+    if not found:
+        raise RfsearchError(f"rfsearch list {kind}: no name matches '{pattern}'")
+    table = Table(title=f"{len(found)} {kind}" + (f" matching '{pattern}'" if pattern != "*" else ""))
+    for column in ("name", "options", "about"):
+        table.add_column(column)
+    for entry in found:
+        table.add_row(entry.name, escape(entry.options), escape(entry.about))
+    print_table(table)
+
+
 @app.command()
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="search or retrain run directory")],
