@@ -33,6 +33,7 @@ class SearchContext:
     grad_clip: float | None = None
     step: int = 0
     epoch: int = 0
+    epochs: int = 1  # the budget, for a strategy's own schedules (a temperature, a warm-up)
     reduce_grads: Callable[[list[Tensor]], None] = field(default=lambda grads: None)
 
     @property

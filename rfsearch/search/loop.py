@@ -98,6 +98,7 @@ def run_search(
         amp=space.train.amp,
         channels_last=channels_last,
         grad_clip=recipe.grad_clip,
+        epochs=recipe.epochs,
         reduce_grads=dist.mean_,
     )
     strategy.setup(ctx)
