@@ -96,6 +96,11 @@ class Arch(StrictModel):
     def choices(self) -> dict[str, list[str]]:
         return {p.path: p.choice_names for p in self.points}
 
+    def same_network(self, other: Arch) -> bool:
+        """Whether ``other`` builds the same child: the same backbone and the same op at every point
+        (the check before weights of one are loaded into the other)."""
+        return self.choices() == other.choices() and self.backbone == other.backbone
+
     def save(self, path: str | Path) -> Path:
         return write_json(path, self.model_dump(mode="json"))
 

@@ -217,7 +217,7 @@ def run_erf(
     weights_from = {"init": f"build_child with train.seed={space.train.seed}"}
     if trained is not None:
         saved, children["trained"] = read_child(trained)
-        if saved.choices() != arch.choices() or saved.backbone != arch.backbone:
+        if not saved.same_network(arch):
             raise RfsearchError(f"{trained} holds the child of another architecture than the run's arch.json")
         weights_from["trained"] = str(trained)
     study = study_erf(arch, children, sample_images(space, images), paths)

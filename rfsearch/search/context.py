@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from rfsearch.supernet import Supernet
-from rfsearch.train.engine import autocast, to_device
+from rfsearch.train.engine import autocast, classification_loss, to_device
 
 Batch = tuple[Tensor, Tensor]
 
@@ -51,7 +51,7 @@ class SearchContext:
         return to_device(batch, self.device, self.channels_last)
 
     def loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        return nn.functional.cross_entropy(logits.float(), y)
+        return classification_loss(logits, y)
 
     def weight_backward(self, batch: Batch) -> dict[str, float]:
         """∇θ L_train(θ, α) into ``.grad`` of the weights (α's gradient is discarded)."""

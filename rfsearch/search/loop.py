@@ -13,8 +13,8 @@ import torch
 
 from rfsearch import data as rfdata
 from rfsearch.arch import Arch, apply_arch, arch_of
-from rfsearch.console import TrainingProgress, console
-from rfsearch.distributed import Dist, alpha_snapshot, init_distributed
+from rfsearch.console import console
+from rfsearch.distributed import Dist, alpha_snapshot
 from rfsearch.io import restoring, save_checkpoint
 from rfsearch.search.context import SearchContext
 from rfsearch.space.schema import SpaceConfig
@@ -28,13 +28,12 @@ from rfsearch.train.engine import (
     cosine_schedule,
     cycle,
     prune_optimizer,
-    resolve_device,
     rng_state,
-    seed_everything,
     set_rng_state,
     sgd,
 )
 from rfsearch.train.loggers import HistoryWriter
+from rfsearch.train.setup import RunSetup
 
 
 @dataclass
@@ -64,21 +63,17 @@ def run_search(
 ) -> SearchResult:
     """Search ``space`` into a run directory (or continue the one in ``resume``); ``log``: the
     sinks (csv, tensorboard) the history also goes to."""
-    dist, device_name = init_distributed(space.train.device)
-    device = resolve_device(device_name)
-    seed = space.train.seed
-    seed_everything(seed, space.train.deterministic)
+    run = RunSetup.start("search", space.train, resume)
+    dist, device, seed, channels_last = run.dist, run.device, run.seed, run.channels_last
     recipe = space.train.search
 
     num_classes = resolved_num_classes(space)
     supernet = build_supernet(space, num_classes)
     strategy_cls, options = resolve_strategy(space)
     strategy: Strategy = strategy_cls(options, supernet, seed)
-    # once the space builds: one path for every rank, rank 0 names (and creates or checks) it
-    run_dir = dist.on_main(lambda: rundir.new_run_dir("search", space.name, out) if resume is None else rundir.resume_run_dir(resume, "search"))
-    channels_last = space.train.channels_last and device.type == "cuda"
-    supernet.to(device, memory_format=torch.channels_last) if channels_last else supernet.to(device)
-    supernet.net = dist.convert_sync_bn(supernet.net, device, space.train.sync_bn)  # before DDP; MixedOps stay in place
+    run_dir = run.open_run_dir(space.name, out)
+    run.place(supernet)
+    supernet.net = run.sync_bn(supernet.net)  # MixedOps stay in place
 
     loaders = None
     steps_per_epoch = 1
@@ -104,12 +99,11 @@ def run_search(
     strategy.setup(ctx)
 
     start_epoch, finished, elapsed = 0, False, 0.0
-    history = run_dir / rundir.HISTORY
+    history, checkpoint = run.history, run.checkpoint
     history_log = HistoryWriter(history, log, labels={path: mixed.names for path, mixed in supernet.mixed_ops.items()})
-    checkpoint = run_dir / rundir.CHECKPOINT
-    resumed = resume is not None and checkpoint.exists()
-    if resumed:
-        state = rundir.read_checkpoint(checkpoint, "search", map_location=device)  # on every rank
+    state = run.resumed_state(map_location=device)
+    resumed = state is not None
+    if state is not None:
         if dist.is_main and state.get("world_size", 1) != dist.world_size:
             console.print(
                 f"[bold yellow]note:[/] {checkpoint} was written by {state.get('world_size', 1)} process(es), resumed by {dist.world_size}: "
@@ -155,7 +149,7 @@ def run_search(
     stopped_early = False
     supernet.train()
     n_points = len(supernet.points)
-    progress = TrainingProgress("search", total_steps, run_dir, completed=ctx.step, enabled=show_progress and dist.is_main)
+    progress = run.progress(total_steps, ctx.step, show_progress)
     with rundir.keeping_last_checkpoint(checkpoint), progress:
         if dist.is_main:
             if resumed:
