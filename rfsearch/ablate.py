@@ -171,14 +171,11 @@ def search_space(space: SpaceConfig, row: Row) -> SpaceConfig:
 
 def fixed_row_arch(space: SpaceConfig, row: Row, num_classes: int | None) -> Arch:
     """The arch of a fixed row: its one candidate at every insertion point of ``space``."""
-    from rfsearch.graph.backbone import build_backbone
+    from rfsearch.graph.backbone import build_space_backbone
     from rfsearch.graph.points import discover_points
 
     assert not row.searched
-    try:
-        backbone = build_backbone(space.backbone, num_classes)
-    except ValueError as err:
-        raise space.error_at(("backbone",), str(err)) from None
+    backbone = build_space_backbone(space, num_classes)
     points = discover_points(backbone, space)
     fixed = []
     for p in points:
@@ -305,7 +302,8 @@ def run_ablation(
     ``seeds``: a count (``train.seed``, ``train.seed + 1``, …) or the seeds themselves; None:
     :func:`default_seeds` of the space.
     """
-    from rfsearch.search.loop import resolved_num_classes, run_search
+    from rfsearch.search.loop import run_search
+    from rfsearch.train.setup import class_count
     from rfsearch.train.retrain import run_retrain
 
     started = time.perf_counter()
@@ -329,7 +327,7 @@ def run_ablation(
     manifest.update(rows=names, seeds=seed_list)
     write_json(root / MANIFEST, manifest)
 
-    num_classes = resolved_num_classes(space)
+    num_classes = class_count(space.backbone, space.data)
     fixed_archs: dict[str, Arch] = {}
     summaries: list[RowSummary] = []
     total = len(names) * len(seed_list)

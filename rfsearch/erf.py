@@ -176,10 +176,10 @@ def sample_images(space: SpaceConfig, count: int) -> Tensor:
 
 def uniform_arch(space: SpaceConfig, op: str) -> Arch:
     """The child of ``space`` with candidate ``op`` at every insertion point (no search)."""
-    from rfsearch.search.loop import resolved_num_classes
+    from rfsearch.train.setup import class_count
     from rfsearch.supernet import build_supernet
 
-    num_classes = resolved_num_classes(space)
+    num_classes = class_count(space.backbone, space.data)
     points = build_supernet(space, num_classes).points
     missing = [p.path for p in points if op not in p.candidate_names]
     if missing:

@@ -33,7 +33,7 @@ from rfsearch.train.engine import (
     sgd,
 )
 from rfsearch.train.loggers import HistoryWriter
-from rfsearch.train.setup import RunSetup
+from rfsearch.train.setup import RunSetup, class_count
 
 
 @dataclass
@@ -46,11 +46,6 @@ class SearchResult:
 
 
 HINT = "lower train.search.optimizer.lr or the strategy's own rates (strategy.arch_optimizer.lr), or set train.search.grad_clip"
-
-
-def resolved_num_classes(space: SpaceConfig) -> int | None:
-    """The classifier size: the space's ``num_classes`` if set, else the dataset's."""
-    return space.backbone.kwargs.get("num_classes") or rfdata.num_classes(space.data)
 
 
 def run_search(
@@ -67,7 +62,7 @@ def run_search(
     dist, device, seed, channels_last = run.dist, run.device, run.seed, run.channels_last
     recipe = space.train.search
 
-    num_classes = resolved_num_classes(space)
+    num_classes = class_count(space.backbone, space.data)
     supernet = build_supernet(space, num_classes)
     strategy_cls, options = resolve_strategy(space)
     strategy: Strategy = strategy_cls(options, supernet, seed)

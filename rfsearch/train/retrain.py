@@ -36,7 +36,7 @@ from rfsearch.train.engine import (
     to_device,
 )
 from rfsearch.train.loggers import HistoryWriter
-from rfsearch.train.setup import RunSetup
+from rfsearch.train.setup import RunSetup, class_count
 
 
 HINT = "lower train.retrain.optimizer.lr or set train.retrain.grad_clip"
@@ -76,7 +76,7 @@ class RetrainResult:
 def fit_classifier(arch: Arch, space: SpaceConfig) -> Arch:
     """The arch with its classifier sized for the retraining data (unless the backbone's kwargs fix
     it), so an arch searched on one dataset retrains on another."""
-    num_classes = arch.backbone.kwargs.get("num_classes") or rfdata.num_classes(space.data)
+    num_classes = class_count(arch.backbone, space.data)
     return arch if num_classes == arch.num_classes else arch.model_copy(update={"num_classes": num_classes})
 
 

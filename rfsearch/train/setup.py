@@ -11,13 +11,21 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from rfsearch import data as rfdata
 from rfsearch.console import TrainingProgress
 from rfsearch.distributed import Dist, init_distributed
-from rfsearch.space.schema import TrainConfig
+from rfsearch.space.data_config import DataConfig
+from rfsearch.space.schema import BackboneConfig, TrainConfig
 from rfsearch.train import rundir
 from rfsearch.train.engine import resolve_device, seed_everything
 
 Kind = Literal["search", "retrain"]
+
+
+def class_count(backbone: BackboneConfig, data: DataConfig) -> int | None:
+    """The classifier's size: the backbone's ``num_classes`` when its kwargs fix it, else the data's
+    (an arch searched on one data set retrains on another)."""
+    return backbone.kwargs.get("num_classes") or rfdata.num_classes(data)
 
 
 @dataclass
