@@ -60,7 +60,7 @@ def test_an_old_key_keeps_its_line_and_a_strategy_without_it_ignores_it(tmp_path
     with pytest.warns(RfsearchWarning):
         space = load_space(write(tmp_path, OLD.replace("{name: pmpl, rho: 0.3}", "{name: uniform}")))
     assert resolve_strategy(space)[1].model_dump() == {"eval_batches": 4} and space.strategy.options == {}
-    with pytest.raises(ConfigError, match=r"old\.yaml:3: strategy\.arch_optimizer: unknown option 'arch_optimizer' for strategy 'uniform'"):
+    with pytest.warns(RfsearchWarning), pytest.raises(ConfigError, match=r"old\.yaml:3: strategy\.arch_optimizer: unknown option 'arch_optimizer' for strategy 'uniform'"):
         load_space(write(tmp_path, OLD.replace("{name: pmpl, rho: 0.3}", "{name: uniform, arch_optimizer: {lr: 0.1}}")))
 
 
