@@ -86,7 +86,7 @@ class Row:
 
 
 def load(settings: Settings, *overrides: str):
-    from rfsearch.space import load_space
+    from rfsearch import load_space
 
     return load_space(settings.space, [*settings.overrides, *overrides])
 
@@ -216,6 +216,7 @@ def pmpl_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
     (a second forward and backward) and ``reuse``, on one supernet each from the same seed, at the
     space's resolution and the benchmark's batch."""
     from rfsearch.search.context import SearchContext
+    from rfsearch.strategies import resolve_strategy
     from rfsearch.strategies.pmpl import PMPL
     from rfsearch.supernet import build_supernet
     from rfsearch.train.engine import sgd
@@ -232,13 +233,13 @@ def pmpl_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
             supernet=net,
             model=net,
             weight_optimizer=sgd(net.weight_parameters(), recipe.optimizer),
-            arch_optimizer=torch.optim.Adam(net.arch_parameters(), lr=recipe.arch_optimizer.lr),
             device=settings.device,
             amp=settings.amp,
             channels_last=settings.channels_last,
             grad_clip=recipe.grad_clip,
         )
-        strategy = PMPL(PMPL.Options.model_validate({**space.strategy_options().model_dump(), "rho": None, "weight_grad": mode}), net, seed=0)
+        strategy = PMPL(PMPL.Options.model_validate({**resolve_strategy(space)[1].model_dump(), "rho": None, "weight_grad": mode}), net, seed=0)
+        strategy.setup(ctx)
         fns[mode] = lambda strategy=strategy, ctx=ctx: strategy.step(ctx, train, meta)
     log(f"PMPL step at {res} px, batch {settings.batch}: {settings.rounds} rounds")
     timings = compare(fns, settings.rounds, settings.warmup, settings.device)
@@ -266,6 +267,7 @@ def pmpl_search(settings: Settings, log: Callable[[str], None]) -> tuple[list[Ro
     PMPL's progressive fixing and stopping, and with ``rho: null`` (every point open for the whole
     budget, then fixed to argmax), same seed, alternating. Returns the row and PMPL's arch."""
     from rfsearch.search.loop import run_search
+    from rfsearch.strategies import resolve_strategy
 
     spaces = {"pmpl": load(settings, *search_overrides(settings, "0.2")), "rho null": load(settings, *search_overrides(settings, "null"))}
     results: dict[str, Any] = {}
@@ -279,11 +281,12 @@ def pmpl_search(settings: Settings, log: Callable[[str], None]) -> tuple[list[Ro
                 samples[name].samples.append(time.perf_counter() - start)
                 results[name] = result
     recipe = spaces["pmpl"].train.search
+    arch_lr = resolve_strategy(spaces["pmpl"])[1].arch_optimizer.lr
     pm, null = results["pmpl"], results["rho null"]
     fixed_at = sorted(p.fixed_step for p in pm.arch.points if p.fixed_step is not None)
     early = [s for s in fixed_at if s < null.steps]
     note = (
-        f"{recipe.epochs} epochs × {null.steps // max(recipe.epochs, 1)} steps, batch {recipe.batch_size}, α lr {recipe.arch_optimizer.lr}: "
+        f"{recipe.epochs} epochs × {null.steps // max(recipe.epochs, 1)} steps, batch {recipe.batch_size}, α lr {arch_lr}: "
         f"pmpl ran {pm.steps} of {null.steps} steps; {len(early)} of {len(fixed_at)} points crossed ρ"
         + (f" (steps {early[0]}–{early[-1]})" if early else " (the rest fixed to argmax at the end)")
     )
@@ -324,7 +327,7 @@ def children(settings: Settings, searched_arch: Any | None) -> tuple[nn.Module, 
     from rfsearch.discretize import build_child
     from rfsearch.graph.backbone import build_backbone
     from rfsearch.graph.points import discover_points
-    from rfsearch.space import load_space
+    from rfsearch import load_space
 
     space = load_space(LATENCY_SPACE, ["post=[]"])
     torch.manual_seed(0)

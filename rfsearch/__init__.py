@@ -12,7 +12,8 @@ from rfsearch.export import export_child
 from rfsearch.ops import Candidate, register_op
 from rfsearch.report import child_report
 from rfsearch.search.loop import SearchResult, run_search
-from rfsearch.space import SpaceConfig, load_space
+from rfsearch.loading import load_space
+from rfsearch.space import SpaceConfig
 from rfsearch.strategies import Fixing, Strategy, register_strategy
 from rfsearch.summary import describe_space
 from rfsearch.supernet import MixedOp, Supernet, build_supernet

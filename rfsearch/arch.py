@@ -12,7 +12,8 @@ from rfsearch.graph.points import InsertionPoint
 from rfsearch.io import read_json, write_json
 from rfsearch.ops.registry import Candidate, get_op
 from rfsearch.space.base import StrictModel
-from rfsearch.space.loader import SourceMap, dotted, validate
+from rfsearch.space.base import dotted
+from rfsearch.space.loader import SourceMap, validate
 from rfsearch.space.schema import BackboneConfig
 
 ARCH_FORMAT = "rfsearch-arch/1"
@@ -94,6 +95,11 @@ class Arch(StrictModel):
 
     def choices(self) -> dict[str, list[str]]:
         return {p.path: p.choice_names for p in self.points}
+
+    def same_network(self, other: Arch) -> bool:
+        """Whether ``other`` builds the same child: the same backbone and the same op at every point
+        (the check before weights of one are loaded into the other)."""
+        return self.choices() == other.choices() and self.backbone == other.backbone
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, self.model_dump(mode="json"))

@@ -38,7 +38,7 @@ def _sets(overrides: list[str] | None, extra: dict[str, object] | None) -> list[
 
 
 def _load(space_file: Path, overrides: list[str] | None, extra: dict[str, object] | None = None):
-    from rfsearch.space.loader import load_space
+    from rfsearch.loading import load_space
 
     return load_space(space_file, _sets(overrides, extra))
 
@@ -79,11 +79,13 @@ def inspect(
 def _switch_strategy(space: SpaceConfig, name: str) -> SpaceConfig:
     """The space running strategy ``name``; options of the file's strategy that ``name`` does not
     take are dropped, with a note (the file stays as written)."""
+    from rfsearch.strategies import switched_to
+
     try:
-        switched = space.strategy.switched_to(name)
+        switched = switched_to(space.strategy, name)
     except (ValueError, ImportError) as err:
         raise ConfigError(str(err), path="--strategy") from None
-    dropped = sorted(set(space.strategy.model_extra or {}) - set(switched.model_extra or {}))
+    dropped = sorted(set(space.strategy.options) - set(switched.options))
     if dropped:
         console.print(f"[bold yellow]note:[/] --strategy {name}: the space's {space.strategy.name} options {', '.join(dropped)} do not apply and are left out")
     return space.model_copy(update={"strategy": switched})
@@ -339,6 +341,28 @@ def _print_erf(facts: dict) -> None:
     for p in facts["points"]:
         radii = [f"{p[w][n]['r50']} / {p[w][n]['r90']}" for w in weights for n in ("child", "backbone")]
         table.add_row(str(p["index"]), p["path"], f"{p['height']}×{p['width']}", " + ".join(p["choice"]), *radii)
+    print_table(table)
+
+
+@app.command("list")
+def list_(
+    kind: Annotated[str, typer.Argument(help="ops, strategies or backbones")],
+    pattern: Annotated[str, typer.Argument(help="shell-style filter on the names: 'avg*', '*mobilenet*'")] = "*",
+) -> None:
+    """What a space can name: the ops (candidates), the strategies, the torchvision backbones;
+    each with its options and their defaults."""
+    from rfsearch.catalogue import KINDS, entries
+
+    if kind not in KINDS:
+        raise RfsearchError(f"rfsearch list: '{kind}' is not one of {', '.join(KINDS)}")
+    found = entries(kind, pattern)  # type: ignore[arg-type]
+    if not found:
+        raise RfsearchError(f"rfsearch list {kind}: no name matches '{pattern}'")
+    table = Table(title=f"{len(found)} {kind}" + (f" matching '{pattern}'" if pattern != "*" else ""))
+    for column in ("name", "options", "about"):
+        table.add_column(column)
+    for entry in found:
+        table.add_row(entry.name, escape(entry.options), escape(entry.about))
     print_table(table)
 
 

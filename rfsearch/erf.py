@@ -176,10 +176,10 @@ def sample_images(space: SpaceConfig, count: int) -> Tensor:
 
 def uniform_arch(space: SpaceConfig, op: str) -> Arch:
     """The child of ``space`` with candidate ``op`` at every insertion point (no search)."""
-    from rfsearch.search.loop import resolved_num_classes
+    from rfsearch.train.setup import class_count
     from rfsearch.supernet import build_supernet
 
-    num_classes = resolved_num_classes(space)
+    num_classes = class_count(space.backbone, space.data)
     points = build_supernet(space, num_classes).points
     missing = [p.path for p in points if op not in p.candidate_names]
     if missing:
@@ -217,7 +217,7 @@ def run_erf(
     weights_from = {"init": f"build_child with train.seed={space.train.seed}"}
     if trained is not None:
         saved, children["trained"] = read_child(trained)
-        if saved.choices() != arch.choices() or saved.backbone != arch.backbone:
+        if not saved.same_network(arch):
             raise RfsearchError(f"{trained} holds the child of another architecture than the run's arch.json")
         weights_from["trained"] = str(trained)
     study = study_erf(arch, children, sample_images(space, images), paths)
@@ -251,7 +251,7 @@ class ErfSource:
 def resolve_source(source: str | Path, op: str | None = None, overrides: Sequence[str] = ()) -> ErfSource:
     """A run directory or an arch file (its config.yaml gives the data; a retrain run's best.pt the
     trained weights), or a space file (``op`` at every point, default avgpool3: no search, no weights)."""
-    from rfsearch.space.loader import load_space
+    from rfsearch.loading import load_space
 
     source = Path(source)
     if source.is_dir() or source.suffix == ".json":

@@ -40,10 +40,12 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_accuracy(result: AblationResult, path: str | Path) -> Path:
-    """Left: mean top-1 per row with its 95 % t-interval, every seed as a dot, the ``no`` mean dashed.
-    Right (with a ``no`` row and another): each row's paired difference to ``no`` with its interval;
-    filled where the interval excludes 0 (resolved), hollow where it holds 0 (within noise)."""
-    others = [r for r in result.rows if r.row != "no"]
+    """Left: mean top-1 per row with its 95 % t-interval, every seed as a dot, the baseline's mean
+    dashed. Right (with a baseline row and another): each row's paired difference to the baseline
+    with its interval; filled where the interval excludes 0 (resolved), hollow where it holds 0
+    (within noise). Rows whose search learns π are drawn in red."""
+    base = result.baseline
+    others = [r for r in result.rows if r.row != base]
     has_no = len(others) < len(result.rows)
     paired = has_no and bool(others)
     fig = _figure(max(4.5, 1.1 * len(result.rows) + 1.5) + (0.8 * len(others) + 2.0 if paired else 0.0), 3.8)
@@ -51,7 +53,7 @@ def plot_accuracy(result: AblationResult, path: str | Path) -> Path:
     ax = axes[0]
     xs = range(len(result.rows))
     intervals = [r.interval for r in result.rows]
-    colors = ["#9e9e9e" if r.row == "no" else "#d62728" if r.row == "pmpl" else "#1f77b4" for r in result.rows]
+    colors = ["#9e9e9e" if r.row == base else "#d62728" if r.learns_pi else "#1f77b4" for r in result.rows]
     ax.bar(xs, [ci.mean for ci in intervals], yerr=[ci.half_width or 0.0 for ci in intervals], capsize=5, color=colors, alpha=0.75, edgecolor="black", linewidth=0.6)
     lows = [v for r, ci in zip(result.rows, intervals) for v in (*r.top1, ci.low) if v is not None]
     low = max(0.0, min(lows) - 5)
@@ -60,13 +62,13 @@ def plot_accuracy(result: AblationResult, path: str | Path) -> Path:
         # at the bar's foot: above the error bar it would leave the axes when the interval nears 100
         ax.annotate(f"{r.mean:.1f}", (x, low), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
     if has_no:
-        ax.axhline(result.row("no").mean, color="#555555", linestyle="--", linewidth=0.8)
+        ax.axhline(result.row(base).mean, color="#555555", linestyle="--", linewidth=0.8)
     ax.set_xticks(list(xs), [r.row for r in result.rows])
     ax.set_ylabel("final top-1 (%)")
     ax.set_ylim(low, 102)  # room for a seed at 100 %; an interval past 100 is cut at the frame
     n = len(result.seeds)
     title = f"{n} seed{'s' if n > 1 else ''}: mean" + (" and 95 % t-interval" if n > 1 else "")
-    ax.set_title(title + (", dashed: the no-enhancer mean" if has_no else ""), fontsize=10)
+    ax.set_title(title + (f", dashed: the {base} row's mean" if has_no else ""), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     if paired:
         _plot_paired(axes[1], result, others)
@@ -74,21 +76,21 @@ def plot_accuracy(result: AblationResult, path: str | Path) -> Path:
 
 
 def _plot_paired(ax: Any, result: AblationResult, rows: list[Any]) -> None:
-    """Each row's top-1 minus ``no``'s on the same seed: mean and 95 % interval, 0 drawn as a line."""
+    """Each row's top-1 minus the baseline's on the same seed: mean and 95 % interval, 0 drawn as a line."""
     deltas = [result.delta(r.row) for r in rows]
     xs = range(len(rows))
     ax.axhline(0.0, color="#555555", linewidth=0.8)
     for x, r, d in zip(xs, rows, deltas):
         if d is None:
             continue
-        color = "#d62728" if r.row == "pmpl" else "#1f77b4"
+        color = "#d62728" if r.learns_pi else "#1f77b4"
         yerr = None if d.half_width is None else [[d.half_width], [d.half_width]]
         ax.errorbar([x], [d.mean], yerr=yerr, fmt="o", capsize=5, color=color, markerfacecolor=color if d.resolved else "white", markersize=7)
         ax.annotate(f"{d.mean:+.1f}", (x, d.mean), textcoords="offset points", xytext=(8, -3), fontsize=8)
     ax.set_xticks(list(xs), [r.row for r in rows])
     ax.set_xlim(-0.6, len(rows) - 0.4)
-    ax.set_ylabel("Δ top-1 vs no, same seed (points)")
-    ax.set_title("paired Δ vs no: filled = resolved (interval excludes 0)", fontsize=10)
+    ax.set_ylabel(f"Δ top-1 vs {result.baseline}, same seed (points)")
+    ax.set_title(f"paired Δ vs {result.baseline}: filled = resolved (interval excludes 0)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -238,16 +240,14 @@ def plot_erf(study: ErfStudy, path: str | Path) -> Path:
     from matplotlib.colors import PowerNorm
     from matplotlib.patches import Rectangle
 
-    from rfsearch.erf import NETWORKS
-
-    columns = [(w, n) for w in study.maps for n in NETWORKS]
+    columns = [(w, n) for w, by_network in study.maps.items() for n in by_network]
     fig = _figure(2.3 * len(columns) + 0.4, 2.35 * len(study.points) + 0.7)
     axes = fig.subplots(len(study.points), len(columns), squeeze=False)
     for row, point in enumerate(study.points):
         for col, (weights, network) in enumerate(columns):
             ax = axes[row][col]
             erf = study.maps[weights][network][point.path]
-            peak = max(float(study.maps[weights][n][point.path].mass.max()) for n in NETWORKS) or 1.0
+            peak = max(float(by_point[point.path].mass.max()) for by_point in study.maps[weights].values()) or 1.0
             ax.imshow(erf.mass.numpy(), cmap="magma", norm=PowerNorm(0.5, vmin=0.0, vmax=peak), interpolation="nearest")
             radii = erf.radii()
             for key, style in (("r50", "--"), ("r90", "-")):

@@ -27,11 +27,11 @@ def describe_space(space: SpaceConfig, num_classes: int | None = None) -> dict[s
     """Everything ``rfsearch inspect`` shows, as plain data (its ``--json``). The classifier is
     sized as the search sizes it (from the data), or left at the backbone's default when the data
     cannot be read yet (an ImageFolder root not in place)."""
-    from rfsearch.search.loop import resolved_num_classes
+    from rfsearch.train.setup import class_count
 
     if num_classes is None:
         try:
-            num_classes = resolved_num_classes(space)
+            num_classes = class_count(space.backbone, space.data)
         except RfsearchError:
             num_classes = None
     size, channels = space.backbone.input_size, space.backbone.in_channels

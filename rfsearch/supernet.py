@@ -10,11 +10,11 @@ import networkx as nx
 import torch
 from torch import Tensor, nn
 
-from rfsearch.graph.backbone import build_backbone
+from rfsearch.graph.backbone import build_space_backbone
 from rfsearch.graph.candidates import build_candidates
 from rfsearch.graph.points import InsertionPoint, discover_points, point_graph
 from rfsearch.errors import RfsearchWarning
-from rfsearch.graph.wrap import Summed, attach, attach_order, post_layers
+from rfsearch.graph.wrap import attach, attach_order, post_layers
 from rfsearch.ops.fused import exporting, fused_mix
 from rfsearch.space.schema import SpaceConfig
 
@@ -154,10 +154,7 @@ def build_supernet(space: SpaceConfig, num_classes: int | None = None, init_std:
 
     Candidates that coincide on a point's map are dropped there (a warning names them); a point
     left with one candidate is fixed to it from the start and spends no α."""
-    try:
-        net = build_backbone(space.backbone, num_classes)
-    except ValueError as err:
-        raise space.error_at(getattr(err, "loc", ("backbone", "kwargs" if space.backbone.kwargs else "name")), str(err)) from None
+    net = build_space_backbone(space, num_classes)
     points = discover_points(net, space)
     mixed: dict[str, MixedOp] = {}
     merged: dict[str, list[str]] = {}  # what coincides (on which map size) → the points where it does

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rfsearch import load_space
-from rfsearch.ablate import AblationResult, Cell, RowSummary, _row_results, csv_text, default_seeds, markdown, reading, table_rows
+from rfsearch.ablate import AblationResult, Cell, RowSummary, csv_text, default_seeds, markdown, reading, row_results, table_rows
 from rfsearch.plots import plot_accuracy
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -52,7 +52,7 @@ def test_intervals_and_paired_differences_in_every_output(tmp_path: Path) -> Non
     assert lines["random"]["delta_resolved"] == "false" and lines["no"]["delta_resolved"] == ""
     assert (lines["no"]["top1_ci95_low"], lines["no"]["top1_ci95_high"]) == ("80.074", "87.926")
 
-    stored = _row_results(result, result.row("pmpl"))
+    stored = row_results(result, result.row("pmpl"))
     assert stored["delta_vs_no"] == -2.5 and stored["delta_ci95"] == [-3.121, -1.879] and stored["delta_resolved"] is True
     # pmpl 78, 79, 82, 83, 85.5: mean 81.5, s = √9.25 = 3.0414, half = 2.7764 · 3.0414 / √5 = 3.7763
     assert stored["top1_ci95"] == [pytest.approx(77.724, abs=1e-3), pytest.approx(85.276, abs=1e-3)]
@@ -76,3 +76,15 @@ def test_default_seeds_five_on_real_data_two_on_the_embedded_task() -> None:
     space = load_space("spaces/mbv2_metapool.yaml")
     assert default_seeds(space) == 2
     assert default_seeds(load_space("spaces/mbv2_metapool.yaml", ["data.dataset=fashion_mnist"])) == 5
+
+
+def test_the_baseline_is_data_not_a_row_name(tmp_path: Path) -> None:
+    """The row compared with is the catalogue's ``baseline`` row; a result may name another."""
+    from rfsearch.ablate import BASELINE, ROWS
+
+    assert BASELINE == "no" and [r.name for r in ROWS.values() if r.baseline] == ["no"]
+    rows = [_row("no", PLAIN)] + [_row(n, [p + o for p, o in zip(PLAIN, off, strict=True)]) for n, off in OFFSETS.items()]
+    result = AblationResult(tmp_path, rows, SEEDS, baseline="global")
+    assert reading(result, "no") == "below global" and reading(result, "global") == "-"
+    assert markdown(result).startswith("| row | what | params | MACs | top-1 % | 95 % CI | Δ vs global |")
+    assert table_rows(result)[1][6] == "-"  # the global row against itself

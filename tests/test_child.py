@@ -25,7 +25,7 @@ from rfsearch.graph.points import InsertionPoint, discover_points
 from rfsearch.graph.wrap import Enhanced, Summed
 from rfsearch.io import load_checkpoint, read_json, read_jsonl, save_checkpoint
 from rfsearch.report import child_report, cost, count_params
-from rfsearch.space.loader import load_space
+from rfsearch.loading import load_space
 from rfsearch.space.schema import SpaceConfig
 from rfsearch.supernet import MixedOp, Supernet, build_supernet
 from rfsearch.train import rundir

@@ -53,19 +53,19 @@ insert:
   - name: after_depthwise
     modules: "blocks.*.depthwise"
     candidates: [skip, {{avgpool: {{k: [3, 5, 7]}}}}, {{maxpool: {{k: [3, 5, 7]}}}}]
-strategy: {{name: "{MODULE}:ProbePMPL", rho: 0.06, weight_grad: reuse}}  # see docs/multi_gpu.md: after_alpha drifts by 1e-3
+strategy: {{name: "{MODULE}:ProbePMPL", rho: 0.06, weight_grad: reuse, arch_optimizer: {{lr: 0.1}}}}  # see docs/multi_gpu.md: after_alpha drifts by 1e-3
 data:
   augment: false
   embedded: {{image_size: 16, train_size: 96, test_size: 32}}
 train:
   device: cpu
-  search: {{epochs: {EPOCHS}, batch_size: 8, arch_optimizer: {{lr: 0.1}}}}
+  search: {{epochs: {EPOCHS}, batch_size: 8}}
 """
 
 TINY = [  # the shared tiny space, BatchNorm included, B = 8 per process
     *tiny.TINY,
     "train.search.batch_size=8",
-    "train.search.arch_optimizer.lr=0.05",
+    "train.search.arch_optimizer.lr=0.05",  # the older layout: PMPL's option, ignored by random and uniform
     "train.device=cpu",
 ]
 

@@ -20,7 +20,7 @@ from rfsearch.train.loggers import HistoryWriter, flatten
 from tests import tiny
 
 SPACE = "spaces/custom_backbone.yaml"
-SEARCH = [*tiny.TINY, "train.search.batch_size=16", "train.search.epochs=3", "train.search.arch_warmup_epochs=1", "train.search.arch_optimizer.lr=0.05"]
+SEARCH = [*tiny.TINY, "train.search.batch_size=16", "train.search.epochs=3", "strategy.arch_warmup_epochs=1", "strategy.arch_optimizer.lr=0.05"]
 RETRAIN = ["train.retrain.epochs=2", "train.retrain.batch_size=32"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

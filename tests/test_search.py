@@ -21,7 +21,7 @@ from tests import tiny
 TINY = [
     *tiny.TINY,
     "train.search.batch_size=16",
-    "train.search.arch_optimizer.lr=0.05",
+    "strategy.arch_optimizer.lr=0.05",
 ]
 
 
@@ -49,7 +49,7 @@ def test_search_writes_a_complete_self_contained_arch(tmp_path: Path) -> None:
 def test_lr_warmup_ramps_and_arch_warmup_keeps_alpha_still(tmp_path: Path) -> None:
     """``warmup_epochs`` ramps the weight lr linearly (as in the retrain); ``arch_warmup_epochs``
     keeps α where it started for that many epochs, then lets it move."""
-    space = tiny_space("train.search.epochs=3", "train.search.warmup_epochs=1", "train.search.arch_warmup_epochs=1", "strategy.rho=null")
+    space = tiny_space("train.search.epochs=3", "train.search.warmup_epochs=1", "strategy.arch_warmup_epochs=1", "strategy.rho=null")
     run_search(space, tmp_path / "run", show_progress=False)
     history = [r for r in read_jsonl(tmp_path / "run" / "history.jsonl") if "final" not in r]
     per_epoch = len([r for r in history if r["epoch"] == 0])
@@ -66,7 +66,8 @@ def test_lr_warmup_ramps_and_arch_warmup_keeps_alpha_still(tmp_path: Path) -> No
 def test_random_is_a_function_of_the_seed(tmp_path: Path) -> None:
     choices = []
     for i, seed in enumerate((3, 3, 4)):
-        result = run_search(tiny_space("strategy.name=random", f"train.seed={seed}"), tmp_path / f"r{i}", show_progress=False)
+        space = load_space("spaces/custom_backbone.yaml", [*tiny.TINY, "strategy.name=random", f"train.seed={seed}"])
+        result = run_search(space, tmp_path / f"r{i}", show_progress=False)
         assert result.steps == 0
         choices.append(result.arch.choices())
     assert choices[0] == choices[1]

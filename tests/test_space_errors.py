@@ -87,7 +87,7 @@ def test_bad_override(override: str, fragments: list[str], tmp_path: Path, monke
 
 
 def test_override_applies(tmp_path: Path) -> None:
-    from rfsearch.space import load_space
+    from rfsearch import load_space
 
     space = load_space(write(tmp_path, GOOD), ["train.search.epochs=3", "backbone.kwargs.width_mult=0.5", "insert.0.index='1:'"])
     assert space.train.search.epochs == 3

@@ -41,8 +41,15 @@ def batches(seed: int = 1) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[tor
 
 def context(net: Supernet, lr: float = 0.1) -> SearchContext:
     weights = torch.optim.SGD(net.weight_parameters(), lr=lr)  # plain SGD: θ′ and θ use the same ζ
-    arch = torch.optim.SGD(net.arch_parameters(), lr=1.0)  # α_new = α − ∇α: the gradient shows as is
-    return SearchContext(supernet=net, model=net, weight_optimizer=weights, arch_optimizer=arch, device=torch.device("cpu"))
+    return SearchContext(supernet=net, model=net, weight_optimizer=weights, device=torch.device("cpu"))
+
+
+def pmpl(net: Supernet, ctx: SearchContext, **options) -> PMPL:
+    """PMPL set up on ``ctx``, its α optimizer swapped for SGD at lr 1: α_new = α − ∇α, the gradient shows as is."""
+    strategy = PMPL(PMPLOptions(**options), net, seed=0)
+    strategy.setup(ctx)
+    strategy.arch_optimizer = torch.optim.SGD(net.arch_parameters(), lr=1.0)
+    return strategy
 
 
 def hand_meta_gradient(net: Supernet, train, meta, lr: float, lookahead: bool) -> list[torch.Tensor]:
@@ -63,8 +70,8 @@ def test_alpha_update_is_first_order_maml(lookahead: bool) -> None:
     net = tiny_supernet()
     alpha_before = [a.detach().clone() for a in net.arch_parameters()]
     expected = hand_meta_gradient(net, train, meta, lr=0.1, lookahead=lookahead)
-    strategy = PMPL(PMPLOptions(lookahead=lookahead, rho=None), net, seed=0)
-    strategy.step(context(net), train, meta)
+    ctx = context(net)
+    pmpl(net, ctx, lookahead=lookahead, rho=None).step(ctx, train, meta)
     for before, grad, alpha in zip(alpha_before, expected, net.arch_parameters()):
         torch.testing.assert_close(alpha.detach(), before - grad, rtol=1e-4, atol=1e-6)
 
@@ -74,7 +81,8 @@ def test_lookahead_changes_the_update() -> None:
     results = []
     for lookahead in (True, False):
         net = tiny_supernet()
-        PMPL(PMPLOptions(lookahead=lookahead), net, seed=0).step(context(net, lr=0.5), train, meta)
+        ctx = context(net, lr=0.5)
+        pmpl(net, ctx, lookahead=lookahead).step(ctx, train, meta)
         results.append(torch.cat([a.detach() for a in net.arch_parameters()]))
     assert not torch.allclose(results[0], results[1], atol=1e-5)
 
@@ -86,7 +94,8 @@ def test_weight_step_uses_the_training_gradient_at_the_new_alpha(weight_grad: st
     train, meta = batches()
     net = tiny_supernet()
     ref = copy.deepcopy(net)
-    PMPL(PMPLOptions(weight_grad=weight_grad), net, seed=0).step(context(net, lr=0.1), train, meta)
+    ctx = context(net, lr=0.1)
+    pmpl(net, ctx, weight_grad=weight_grad).step(ctx, train, meta)
     if weight_grad == "after_alpha":
         with torch.no_grad():
             for a_ref, a_new in zip(ref.arch_parameters(), net.arch_parameters()):
@@ -104,10 +113,8 @@ def test_lookahead_is_the_step_the_weights_take() -> None:
     train, meta = batches()
     net = tiny_supernet()
     weight_opt = sgd(net.weight_parameters(), WeightOptimizer(lr=0.5, momentum=0.9, weight_decay=1e-3))
-    ctx = SearchContext(
-        supernet=net, model=net, weight_optimizer=weight_opt, arch_optimizer=torch.optim.SGD(net.arch_parameters(), lr=1.0), device=torch.device("cpu"), grad_clip=0.05
-    )
-    strategy = PMPL(PMPLOptions(rho=None, weight_grad="reuse"), net, seed=0)
+    ctx = SearchContext(supernet=net, model=net, weight_optimizer=weight_opt, device=torch.device("cpu"), grad_clip=0.05)
+    strategy = pmpl(net, ctx, rho=None, weight_grad="reuse")
     strategy.step(ctx, *batches(seed=7))  # a non-zero momentum buffer for the next step
     alpha_before = [a.detach().clone() for a in net.arch_parameters()]
     before = copy.deepcopy(net)
@@ -126,7 +133,8 @@ def test_meta_and_lookahead_forwards_leave_batchnorm_statistics_alone() -> None:
     train, meta = batches()
     net = tiny_supernet()
     ref = copy.deepcopy(net)
-    PMPL(PMPLOptions(rho=None), net, seed=0).step(context(net), train, meta)
+    ctx = context(net)
+    pmpl(net, ctx, rho=None).step(ctx, train, meta)
     with torch.no_grad():
         for a_ref, a_new in zip(ref.arch_parameters(), net.arch_parameters()):
             a_ref.copy_(a_new)
@@ -186,9 +194,11 @@ def test_fixing_removes_unused_parameters_from_model_and_optimizers() -> None:
     train, meta = batches()
     net = tiny_supernet()
     weight_opt = sgd(net.weight_parameters(), WeightOptimizer(lr=0.1, momentum=0.9))
-    arch_opt = torch.optim.Adam(net.arch_parameters(), lr=1e-3)
-    ctx = SearchContext(supernet=net, model=net, weight_optimizer=weight_opt, arch_optimizer=arch_opt, device=torch.device("cpu"))
-    strategy = PMPL(PMPLOptions(rho=None), net, seed=0)
+    ctx = SearchContext(supernet=net, model=net, weight_optimizer=weight_opt, device=torch.device("cpu"))
+    strategy = PMPL(PMPLOptions(rho=None, arch_optimizer={"lr": 1e-3}), net, seed=0)
+    strategy.setup(ctx)
+    arch_opt = strategy.arch_optimizer
+    assert isinstance(arch_opt, torch.optim.Adam) and arch_opt.param_groups[0]["lr"] == 1e-3
     for _ in range(2):
         strategy.step(ctx, train, meta)  # momentum and Adam state exist for every parameter
     path = next(iter(net.mixed_ops))
@@ -198,7 +208,7 @@ def test_fixing_removes_unused_parameters_from_model_and_optimizers() -> None:
     assert gone and all(any(id(p) in gone for p in g["params"]) for g in weight_opt.param_groups[:1])
     net.fix(path, "maxpool3")
     prune_optimizer(weight_opt, net.weight_parameters())
-    prune_optimizer(arch_opt, net.arch_parameters())
+    strategy.after_fixing(ctx)  # the strategy prunes its own α optimizer
     assert not gone & {id(p) for p in net.parameters()}
     assert not gone & {id(p) for g in weight_opt.param_groups for p in g["params"]}
     assert not gone & {id(p) for p in weight_opt.state}

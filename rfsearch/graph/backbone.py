@@ -14,7 +14,7 @@ from rfsearch.graph.points import dry_forward
 from rfsearch.imports import import_object, is_import_path
 from rfsearch.io import one_line
 from rfsearch.space.base import KeyedValueError
-from rfsearch.space.schema import BackboneConfig
+from rfsearch.space.schema import BackboneConfig, SpaceConfig
 
 
 def build_backbone(cfg: BackboneConfig, num_classes: int | None = None) -> nn.Module:
@@ -95,3 +95,11 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     except (TypeError, ValueError):
         return True
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def build_space_backbone(space: SpaceConfig, num_classes: int | None) -> nn.Module:
+    """The space's backbone; a problem building it is a config error at the key that caused it."""
+    try:
+        return build_backbone(space.backbone, num_classes)
+    except ValueError as err:
+        raise space.error_at(getattr(err, "loc", ("backbone", "kwargs" if space.backbone.kwargs else "name")), str(err)) from None

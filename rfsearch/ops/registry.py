@@ -15,7 +15,8 @@ from typing import Any, Callable
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from rfsearch.imports import import_object, is_import_path
+from rfsearch.imports import is_import_path
+from rfsearch.registry import Registry
 
 OpBuilder = Callable[..., nn.Module]
 
@@ -58,38 +59,32 @@ class OpSpec:
         return "_".join([short, *(f"{k}{v}" for k, v in shown.items())])
 
 
-_REGISTRY: dict[str, OpSpec] = {}
+def _user_op(name: str, builder: Any) -> OpSpec:
+    if not callable(builder):
+        raise ValueError(f"'{name}' is not callable")
+    return OpSpec(name, builder, getattr(builder, "Params", None), inspect.getdoc(builder) or "")
+
+
+OPS: Registry[OpSpec] = Registry("op", _user_op)
 
 
 def register_op(name: str, params: type[BaseModel] | None = None) -> Callable[[OpBuilder], OpBuilder]:
     """Decorator: ``@register_op("avgpool", PoolParams)`` over a builder ``(channels, **params)``."""
 
     def decorate(builder: OpBuilder) -> OpBuilder:
-        if name in _REGISTRY:
-            raise ValueError(f"op '{name}' is already registered")
-        _REGISTRY[name] = OpSpec(name, builder, params, inspect.getdoc(builder) or "")
+        OPS.register(name, OpSpec(name, builder, params, inspect.getdoc(builder) or ""))
         return builder
 
     return decorate
 
 
-def registered_ops() -> dict[str, OpSpec]:
-    import rfsearch.ops  # noqa: F401  (registers the built-ins)
-
-    return dict(_REGISTRY)
+def registered_ops(pattern: str = "*") -> dict[str, OpSpec]:
+    return OPS.entries(pattern)
 
 
 def get_op(name: str) -> OpSpec:
     """A registered op by name, or a user op by import path ``module:attr``."""
-    known = registered_ops()
-    if name in known:
-        return known[name]
-    if is_import_path(name):
-        builder = import_object(name)
-        if not callable(builder):
-            raise ValueError(f"'{name}' is not callable")
-        return OpSpec(name, builder, getattr(builder, "Params", None), inspect.getdoc(builder) or "")
-    raise ValueError(f"unknown op '{name}'; known ops: {', '.join(sorted(known))}, or an import path 'pkg.module:attr'")
+    return OPS.get(name)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""What a strategy works with during a step: the model, both optimizers and the gradient steps."""
+"""What a strategy works with during a step: the model, the weights' optimizer and their gradient step."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from rfsearch.supernet import Supernet
-from rfsearch.train.engine import autocast, to_device
+from rfsearch.train.engine import autocast, classification_loss, to_device
 
 Batch = tuple[Tensor, Tensor]
 
@@ -22,20 +21,19 @@ class SearchContext:
 
     ``model`` is what a forward calls: the supernet, or its DistributedDataParallel wrapper, whose
     backward all-reduces weight gradients. ``reduce_grads`` averages gradients computed outside
-    it (α's) across ranks, so every rank holds the same α.
+    it (α's) across ranks, so every rank holds the same α. A strategy's own optimizers are its own.
     """
 
     supernet: Supernet
     model: nn.Module
     weight_optimizer: torch.optim.Optimizer
-    arch_optimizer: torch.optim.Optimizer
     device: torch.device
     amp: bool = False
     channels_last: bool = False
     grad_clip: float | None = None
     step: int = 0
     epoch: int = 0
-    arch_updates: bool = True
+    epochs: int = 1  # the budget, for a strategy's own schedules (a temperature, a warm-up)
     reduce_grads: Callable[[list[Tensor]], None] = field(default=lambda grads: None)
 
     @property
@@ -53,7 +51,7 @@ class SearchContext:
         return to_device(batch, self.device, self.channels_last)
 
     def loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        return nn.functional.cross_entropy(logits.float(), y)
+        return classification_loss(logits, y)
 
     def weight_backward(self, batch: Batch) -> dict[str, float]:
         """∇θ L_train(θ, α) into ``.grad`` of the weights (α's gradient is discarded)."""
@@ -77,24 +75,6 @@ class SearchContext:
         self.clip_weight_grads()
         self.weight_optimizer.step()
 
-    @torch.no_grad()
-    def lookahead_weights(self) -> dict[str, Tensor]:
-        """θ′: where the weight step would take θ with the gradient in ``.grad`` — the virtual step
-        of Algorithm 1. It is the real optimizer's step (clipping, momentum, weight decay, the
-        scheduled ζ), taken and undone, so θ′ never drifts from the step θ actually takes.
-        First order: θ′ is a constant."""
-        self.clip_weight_grads()
-        named = list(self.supernet.named_weight_parameters())
-        theta = [p.detach().clone() for _, p in named]
-        state = {p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()} for p, s in self.weight_optimizer.state.items()}
-        self.weight_optimizer.step()
-        moved = {name: p.detach().clone() for name, p in named}
-        for (_, p), before in zip(named, theta):
-            p.copy_(before)
-        self.weight_optimizer.state.clear()
-        self.weight_optimizer.state.update(state)
-        return moved
-
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
         """A forward and backward that measure but are not the weights' training step (the meta
@@ -106,25 +86,3 @@ class SearchContext:
             with torch.no_grad():
                 for b, saved in buffers:
                     b.copy_(saved)
-
-    def arch_step(self, batch: Batch, weights: dict[str, Tensor] | None = None) -> dict[str, float]:
-        """α ← Adam(α, ∇α L_meta) on a meta batch, at the current θ or at ``weights`` (θ′).
-        Only α's gradient is computed, so the weights' ``.grad`` stays untouched; BatchNorm
-        normalises with the meta batch's statistics but keeps its running ones."""
-        alphas = self.supernet.arch_parameters()
-        x, y = self.batch(batch)
-        with self.measuring():  # the backward too: BatchNorm's backward reads the running buffers
-            with autocast(self.device, self.amp):
-                if weights is None:
-                    logits = self.supernet(x)
-                else:
-                    logits = functional_call(self.supernet, weights, (x,), strict=False)
-            loss = self.loss(logits, y)
-            grads = list(torch.autograd.grad(loss, alphas)) if alphas else []
-        if alphas:
-            self.reduce_grads(grads)
-            for alpha, grad in zip(alphas, grads):
-                alpha.grad = grad
-            self.arch_optimizer.step()
-            self.arch_optimizer.zero_grad(set_to_none=True)
-        return {"meta_loss": loss.item(), "meta_acc": 100.0 * (logits.argmax(1) == y).float().mean().item()}

@@ -13,13 +13,13 @@ import torch
 
 from rfsearch import data as rfdata
 from rfsearch.arch import Arch, apply_arch, arch_of
-from rfsearch.console import TrainingProgress, console
-from rfsearch.distributed import Dist, alpha_snapshot, init_distributed
+from rfsearch.console import console
+from rfsearch.distributed import Dist, alpha_snapshot
 from rfsearch.io import restoring, save_checkpoint
 from rfsearch.search.context import SearchContext
 from rfsearch.space.schema import SpaceConfig
 from rfsearch.strategies.base import Fixing, Strategy
-from rfsearch.strategies.registry import get_strategy
+from rfsearch.strategies.config import resolve_strategy
 from rfsearch.supernet import Supernet, build_supernet
 from rfsearch.train import rundir
 from rfsearch.train.engine import (
@@ -28,13 +28,12 @@ from rfsearch.train.engine import (
     cosine_schedule,
     cycle,
     prune_optimizer,
-    resolve_device,
     rng_state,
-    seed_everything,
     set_rng_state,
     sgd,
 )
 from rfsearch.train.loggers import HistoryWriter
+from rfsearch.train.setup import RunSetup, class_count
 
 
 @dataclass
@@ -46,12 +45,7 @@ class SearchResult:
     stopped_early: bool
 
 
-HINT = "lower train.search.optimizer.lr or train.search.arch_optimizer.lr, or set train.search.grad_clip"
-
-
-def resolved_num_classes(space: SpaceConfig) -> int | None:
-    """The classifier size: the space's ``num_classes`` if set, else the dataset's."""
-    return space.backbone.kwargs.get("num_classes") or rfdata.num_classes(space.data)
+HINT = "lower train.search.optimizer.lr or the strategy's own rates (strategy.arch_optimizer.lr), or set train.search.grad_clip"
 
 
 def run_search(
@@ -64,21 +58,17 @@ def run_search(
 ) -> SearchResult:
     """Search ``space`` into a run directory (or continue the one in ``resume``); ``log``: the
     sinks (csv, tensorboard) the history also goes to."""
-    dist, device_name = init_distributed(space.train.device)
-    device = resolve_device(device_name)
-    seed = space.train.seed
-    seed_everything(seed, space.train.deterministic)
+    run = RunSetup.start("search", space.train, resume)
+    dist, device, seed, channels_last = run.dist, run.device, run.seed, run.channels_last
     recipe = space.train.search
 
-    num_classes = resolved_num_classes(space)
+    num_classes = class_count(space.backbone, space.data)
     supernet = build_supernet(space, num_classes)
-    strategy_cls = get_strategy(space.strategy.name)
-    strategy: Strategy = strategy_cls(space.strategy_options(), supernet, seed)
-    # once the space builds: one path for every rank, rank 0 names (and creates or checks) it
-    run_dir = dist.on_main(lambda: rundir.new_run_dir("search", space.name, out) if resume is None else rundir.resume_run_dir(resume, "search"))
-    channels_last = space.train.channels_last and device.type == "cuda"
-    supernet.to(device, memory_format=torch.channels_last) if channels_last else supernet.to(device)
-    supernet.net = dist.convert_sync_bn(supernet.net, device, space.train.sync_bn)  # before DDP; MixedOps stay in place
+    strategy_cls, options = resolve_strategy(space)
+    strategy: Strategy = strategy_cls(options, supernet, seed)
+    run_dir = run.open_run_dir(space.name, out)
+    run.place(supernet)
+    supernet.net = run.sync_bn(supernet.net)  # MixedOps stay in place
 
     loaders = None
     steps_per_epoch = 1
@@ -89,28 +79,26 @@ def run_search(
         steps_per_epoch = len(loaders.weight) if recipe.steps_per_epoch is None else min(recipe.steps_per_epoch, len(loaders.weight))
     total_steps = recipe.epochs * steps_per_epoch
     weight_opt = sgd(supernet.weight_parameters(), recipe.optimizer)
-    arch = recipe.arch_optimizer
-    arch_opt = torch.optim.Adam(supernet.arch_parameters() or [torch.zeros(0, requires_grad=True)], lr=arch.lr, betas=arch.betas, weight_decay=arch.weight_decay)
     scheduler = cosine_schedule(weight_opt, total_steps, recipe.warmup_epochs * steps_per_epoch)
     ctx = SearchContext(
         supernet=supernet,
-        model=dist.wrap(supernet, device, find_unused=not _mixes_all(strategy)),
+        model=dist.wrap(supernet, device, find_unused=strategy.single_path),
         weight_optimizer=weight_opt,
-        arch_optimizer=arch_opt,
         device=device,
         amp=space.train.amp,
         channels_last=channels_last,
         grad_clip=recipe.grad_clip,
+        epochs=recipe.epochs,
         reduce_grads=dist.mean_,
     )
+    strategy.setup(ctx)
 
     start_epoch, finished, elapsed = 0, False, 0.0
-    history = run_dir / rundir.HISTORY
+    history, checkpoint = run.history, run.checkpoint
     history_log = HistoryWriter(history, log, labels={path: mixed.names for path, mixed in supernet.mixed_ops.items()})
-    checkpoint = run_dir / rundir.CHECKPOINT
-    resumed = resume is not None and checkpoint.exists()
-    if resumed:
-        state = rundir.read_checkpoint(checkpoint, "search", map_location=device)  # on every rank
+    state = run.resumed_state(map_location=device)
+    resumed = state is not None
+    if state is not None:
         if dist.is_main and state.get("world_size", 1) != dist.world_size:
             console.print(
                 f"[bold yellow]note:[/] {checkpoint} was written by {state.get('world_size', 1)} process(es), resumed by {dist.world_size}: "
@@ -118,10 +106,9 @@ def run_search(
             )
         with restoring(checkpoint):
             apply_arch(supernet, Arch.model_validate(state["arch"]))
-            _prune(ctx, supernet, dist, device, strategy)
+            _after_fixing(ctx, supernet, dist, device, strategy)
             supernet.load_state_dict(state["model"])
             weight_opt.load_state_dict(state["weight_optimizer"])
-            arch_opt.load_state_dict(state["arch_optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             strategy.load_state_dict(state["strategy"])
             set_rng_state(state["rng"])
@@ -141,7 +128,6 @@ def run_search(
                 "arch": snapshot().model_dump(mode="json"),
                 "model": supernet.state_dict(),
                 "weight_optimizer": weight_opt.state_dict(),
-                "arch_optimizer": arch_opt.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "strategy": strategy.state_dict(),
                 "rng": rng_state(),
@@ -158,7 +144,7 @@ def run_search(
     stopped_early = False
     supernet.train()
     n_points = len(supernet.points)
-    progress = TrainingProgress("search", total_steps, run_dir, completed=ctx.step, enabled=show_progress and dist.is_main)
+    progress = run.progress(total_steps, ctx.step, show_progress)
     with rundir.keeping_last_checkpoint(checkpoint), progress:
         if dist.is_main:
             if resumed:
@@ -170,7 +156,7 @@ def run_search(
             rundir.truncate_history(history, ctx.step, finished=finished)
         for epoch in range(start_epoch, recipe.epochs if strategy_cls.trains_supernet and not finished else start_epoch):
             ctx.epoch = epoch
-            ctx.arch_updates = epoch >= recipe.arch_warmup_epochs
+            strategy.on_epoch_start(ctx, epoch)
             rfdata.set_epoch(loaders.weight, seed, epoch)
             rfdata.set_epoch(loaders.meta, seed, epoch)
             meta_batches = cycle(loaders.meta)
@@ -179,7 +165,7 @@ def run_search(
                 check_finite(stats, f"search step {ctx.step + 1} (epoch {epoch + 1})", HINT)
                 fixings = strategy.decide(ctx)
                 if fixings:
-                    _prune(ctx, supernet, dist, device, strategy)
+                    _after_fixing(ctx, supernet, dist, device, strategy)
                 lr = ctx.weight_lr  # the rate this step used
                 scheduler.step()
                 ctx.step += 1
@@ -199,7 +185,7 @@ def run_search(
             meta = cycle(loaders.meta) if loaders is not None else iter(())
             fixings = strategy.finalize(ctx, meta)
             if fixings:  # the optimizers' state then matches what a resume rebuilds from the arch
-                _prune(ctx, supernet, dist, device, strategy)
+                _after_fixing(ctx, supernet, dist, device, strategy)
             if dist.is_main and fixings:
                 history_log.write(_record(ctx, {}, fixings, supernet, scheduler.get_last_lr()[0], final=True))
             save(recipe.epochs, True)
@@ -215,17 +201,12 @@ def run_search(
     return result
 
 
-def _mixes_all(strategy: Strategy) -> bool:
-    from rfsearch.strategies.uniform import UniformSampling
-
-    return not isinstance(strategy, UniformSampling)
-
-
-def _prune(ctx: SearchContext, supernet: Supernet, dist: Dist, device: torch.device, strategy: Strategy) -> None:
-    """After fixing: drop the gone parameters from both optimizers; re-wrap DDP around the new set."""
+def _after_fixing(ctx: SearchContext, supernet: Supernet, dist: Dist, device: torch.device, strategy: Strategy) -> None:
+    """After fixing: drop the gone parameters from the weights' optimizer and the strategy's state;
+    re-wrap DDP around the new set."""
     prune_optimizer(ctx.weight_optimizer, supernet.weight_parameters())
-    prune_optimizer(ctx.arch_optimizer, supernet.arch_parameters())
-    ctx.model = dist.wrap(supernet, device, find_unused=not _mixes_all(strategy))
+    strategy.after_fixing(ctx)
+    ctx.model = dist.wrap(supernet, device, find_unused=strategy.single_path)
 
 
 def _record(ctx: SearchContext, stats: dict[str, float], fixings: list[Fixing], supernet: Supernet, lr: float, final: bool = False) -> dict[str, Any]:

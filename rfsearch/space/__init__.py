@@ -1,6 +1,6 @@
 """The search-space DSL: schema and YAML loading."""
 
-from rfsearch.space.loader import load_space
+from rfsearch.space.loader import read_space
 from rfsearch.space.schema import (
     BackboneConfig,
     InsertRule,
@@ -19,5 +19,5 @@ __all__ = [
     "SpaceConfig",
     "StrategyConfig",
     "TrainConfig",
-    "load_space",
+    "read_space",
 ]

@@ -3,6 +3,8 @@ and so are numbers that are not finite (``lr: 1e999`` is YAML's infinity)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -17,3 +19,8 @@ class KeyedValueError(ValueError):
     def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
         super().__init__(message)
         self.loc = loc
+
+
+def dotted(loc: Iterable[str | int]) -> str:
+    """A key path as the user writes it: ``insert[0].modules``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")

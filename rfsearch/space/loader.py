@@ -8,6 +8,7 @@ refused from its event stream in milliseconds, instead of being walked alias by 
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,8 +16,8 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rfsearch.errors import ConfigError
-from rfsearch.space.base import KeyedValueError
+from rfsearch.errors import ConfigError, RfsearchWarning
+from rfsearch.space.base import KeyedValueError, dotted
 from rfsearch.space.schema import SpaceConfig
 
 Loc = tuple[str | int, ...]
@@ -46,12 +47,10 @@ class SourceMap:
         return ConfigError(message, file=self.file, path=path)
 
 
-def dotted(loc: Iterable[str | int]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-
-
-def load_space(path: str | Path, overrides: Iterable[str] = ()) -> SpaceConfig:
-    """Parse, override and validate a space file. Every problem is a ConfigError (exit code 2)."""
+def read_space(path: str | Path, overrides: Iterable[str] = ()) -> SpaceConfig:
+    """Parse, override and validate a space file against the DSL. Every problem is a ConfigError
+    (exit code 2). The strategy's options are the strategy's to check: ``rfsearch.load_space``
+    reads a file and checks them."""
     path = Path(path)
     source = SourceMap(str(path))
     data, source.lines = parse_yaml(_read_text(path), str(path))
@@ -59,10 +58,40 @@ def load_space(path: str | Path, overrides: Iterable[str] = ()) -> SpaceConfig:
         raise ConfigError("a space file must be a mapping of sections (backbone, insert, …)", file=str(path), line=1)
     for item in overrides:
         data = apply_override(data, item, source)
+    moved = move_deprecated(data, source)
     space = validate(SpaceConfig, data, source)
     space._source = source
-    space.strategy_options()
+    space.strategy._moved = moved
     return space
+
+
+DEPRECATED_SEARCH_KEYS = ("arch_optimizer", "arch_warmup_epochs")
+"""Keys of ``train.search`` that were PMPL's own and now are its options under ``strategy``."""
+
+
+def move_deprecated(data: dict[str, Any], source: SourceMap) -> frozenset[str]:
+    """``train.search.arch_optimizer`` and ``arch_warmup_epochs`` of an older file move to
+    ``strategy`` (a key written there too wins), with a one-line note; their lines move with them,
+    so an error in one still points at its line. Returns the keys moved that ``strategy`` did not
+    hold: a strategy without such an option ignores them, as the shared recipe did."""
+    search = (data.get("train") or {}).get("search") if isinstance(data.get("train"), dict) else None
+    if not isinstance(search, dict):
+        return frozenset()
+    moved = [key for key in DEPRECATED_SEARCH_KEYS if key in search]
+    if moved and not isinstance(data.get("strategy"), dict):
+        data["strategy"] = {}
+    only_old = frozenset(key for key in moved if key not in data.get("strategy", {}))
+    for key in moved:
+        old, new = ("train", "search", key), ("strategy", key)
+        at = source.error(old, "")
+        where = ":".join(str(part) for part in (at.file, at.line) if part is not None)
+        warnings.warn(RfsearchWarning(f"{where}: {dotted(old)} is deprecated: write it as {dotted(new)}"), stacklevel=3)
+        value, written = search.pop(key), data["strategy"].get(key)
+        data["strategy"][key] = {**value, **written} if isinstance(value, dict) and isinstance(written, dict) else value if written is None else written
+        for table in (source.lines, source.overrides):
+            for loc in [loc for loc in table if loc[:3] == old]:
+                table.setdefault(new + loc[3:], table.pop(loc))
+    return only_old
 
 
 def _read_text(path: Path) -> str:

@@ -23,7 +23,7 @@ from pydantic import (
 from rfsearch.errors import ConfigError
 from rfsearch.imports import import_object, is_import_path
 from rfsearch.ops.registry import Candidate, expand_candidates
-from rfsearch.space.base import KeyedValueError, StrictModel
+from rfsearch.space.base import KeyedValueError, StrictModel, dotted
 from rfsearch.space.data_config import DataConfig
 
 
@@ -134,32 +134,18 @@ class InsertRule(StrictModel):
 
 
 class StrategyConfig(BaseModel):
-    """``name`` picks the strategy; the other keys are that strategy's options (see its Options)."""
+    """``name`` picks the strategy; the other keys are that strategy's options. They are checked
+    against the strategy's own ``Options`` by ``rfsearch.strategies.resolve_strategy`` (which
+    ``rfsearch.load_space`` runs): the DSL knows no strategy."""
 
     model_config = ConfigDict(extra="allow")
     name: str = "pmpl"
+    _moved: frozenset[str] = PrivateAttr(default=frozenset())  # options moved here from an older layout
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        from rfsearch.strategies.registry import get_strategy
-
-        get_strategy(name)
-        return name
-
-    def options(self) -> BaseModel:
-        """The options validated by the strategy's own model (raises pydantic's ValidationError)."""
-        from rfsearch.strategies.registry import get_strategy
-
-        return get_strategy(self.name).Options.model_validate(self.model_extra or {})
-
-    def switched_to(self, name: str) -> StrategyConfig:
-        """Strategy ``name`` with the options of this one that it accepts: ``--strategy`` and the
-        ablation rows switch a space written for PMPL to random or uniform without editing it."""
-        from rfsearch.strategies.registry import get_strategy
-
-        accepted = set(get_strategy(name).Options.model_fields)
-        return StrategyConfig(name=name, **{k: v for k, v in (self.model_extra or {}).items() if k in accepted})
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options as written (not validated)."""
+        return dict(self.model_extra or {})
 
 
 class WeightOptimizer(StrictModel):
@@ -171,23 +157,13 @@ class WeightOptimizer(StrictModel):
     nesterov: bool = False
 
 
-class ArchOptimizer(StrictModel):
-    """Adam for the architecture weights α (the paper's lr and decay, the authors' betas)."""
-
-    lr: float = Field(3e-4, gt=0)
-    betas: tuple[float, float] = (0.5, 0.999)
-    weight_decay: float = Field(1e-3, ge=0)
-
-
 class SearchRecipe(StrictModel):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(128, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (default: one pass over the weight split)")
     optimizer: WeightOptimizer = WeightOptimizer()
-    arch_optimizer: ArchOptimizer = ArchOptimizer()
     grad_clip: float | None = Field(None, gt=0)
     warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up before the cosine decay")
-    arch_warmup_epochs: int = Field(0, ge=0, description="epochs of weight training before α starts to move")
 
 
 class RetrainRecipe(StrictModel):
@@ -244,8 +220,6 @@ class SpaceConfig(StrictModel):
         """A ConfigError at a key of this space, with file and line when it was loaded from YAML."""
         if self._source is not None:
             return self._source.error(loc, message)
-        from rfsearch.space.loader import dotted
-
         return ConfigError(message, path=dotted(loc))
 
     @field_validator("candidates")
@@ -253,16 +227,6 @@ class SpaceConfig(StrictModel):
     def _unique(cls, groups: list[list[Candidate]]) -> list[list[Candidate]]:
         flatten(groups)
         return groups
-
-    def strategy_options(self) -> BaseModel:
-        """The strategy's options, validated by its own model; errors point into ``strategy``."""
-        try:
-            return self.strategy.options()
-        except ValidationError as err:
-            first = err.errors()[0]
-            more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-            message = f"unknown option '{first['loc'][-1]}' for strategy '{self.strategy.name}'" if first["type"] == "extra_forbidden" else first["msg"]
-            raise self.error_at(("strategy", *first["loc"]), message + more) from None
 
     def rule_candidates(self, rule: InsertRule) -> list[Candidate]:
         return flatten(rule.candidates if rule.candidates is not None else self.candidates)

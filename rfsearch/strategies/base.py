@@ -1,7 +1,9 @@
-"""The strategy protocol: a strategy owns its step and its stopping rule; the loop owns the rest.
+"""The strategy protocol: a strategy owns its options, its own optimizers and state, its step and
+its stopping rule; the loop owns the rest (data, the weights' optimizer and schedule, checkpoints).
 
 A user strategy is one file: subclass ``Strategy``, give it an ``Options`` model, implement
-``step``; name it in YAML as ``strategy: {name: mypkg.module:MyStrategy, my_option: 1}``.
+``step`` and ``finalize``; name it in YAML as ``strategy: {name: mypkg.module:MyStrategy, my_option: 1}``
+(``examples/gdas_strategy.py`` is one).
 """
 
 from __future__ import annotations
@@ -39,17 +41,31 @@ class Fixing:
 
 
 class Strategy(ABC):
-    """One search strategy. The search loop calls, per step: ``step`` then ``decide``; it stops
+    """One search strategy. The search loop calls ``setup`` once, then per epoch ``on_epoch_start``
+    and per step ``step`` then ``decide`` (and ``after_fixing`` when points were fixed); it stops
     when ``finished`` and calls ``finalize`` once at the end of the budget or on stopping."""
 
     Options: ClassVar[type[BaseModel]] = NoOptions
     trains_supernet: ClassVar[bool] = True
     """False for strategies that choose without training (``random``): the loop skips to finalize."""
+    single_path: ClassVar[bool] = False
+    """True for strategies whose step runs one candidate per point: under torchrun the other
+    candidates get no gradient, which DistributedDataParallel must be told."""
 
     def __init__(self, options: BaseModel, supernet: Supernet, seed: int) -> None:
         self.options = options
         self.supernet = supernet
         self.generator = torch.Generator().manual_seed(seed)
+
+    def setup(self, ctx: SearchContext) -> None:
+        """Once, with the supernet on its device, before a resume loads ``state_dict``: build the
+        strategy's own optimizers here."""
+
+    def on_epoch_start(self, ctx: SearchContext, epoch: int) -> None:
+        """Before the first step of ``epoch`` (0-based), a resumed epoch included."""
+
+    def after_fixing(self, ctx: SearchContext) -> None:
+        """Points were fixed (or a resume re-fixed them): drop the state of parameters that left."""
 
     @abstractmethod
     def step(self, ctx: SearchContext, batch: Batch, meta_batch: Batch) -> dict[str, float]:

@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
+from torch import Tensor
+from torch.func import functional_call
 
 from rfsearch.search.context import SearchContext
+from rfsearch.supernet import Supernet
 from rfsearch.space.base import StrictModel
 from rfsearch.strategies.base import Batch, Fixing, Strategy
 from rfsearch.strategies.registry import register_strategy
+from rfsearch.train.engine import autocast, prune_optimizer
+
+
+class ArchOptimizer(StrictModel):
+    """Adam for the architecture weights α (the paper's lr and decay, the authors' betas)."""
+
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(1e-3, ge=0)
 
 
 class PMPLOptions(StrictModel):
+    arch_optimizer: ArchOptimizer = ArchOptimizer()
+    arch_warmup_epochs: int = Field(0, ge=0, description="epochs of weight training before α starts to move")
     rho: float | None = Field(
         0.2, gt=0, lt=1, description="fix a point once π_max − π_second ≥ rho; null: no progressive stopping (DARTS-style)"
     )
@@ -48,8 +62,26 @@ class PMPL(Strategy):
     Options = PMPLOptions
     options: PMPLOptions
 
+    def __init__(self, options: PMPLOptions, supernet: Supernet, seed: int) -> None:
+        super().__init__(options, supernet, seed)
+        self.arch_optimizer: torch.optim.Optimizer | None = None
+        self.alpha_moves = options.arch_warmup_epochs == 0
+
+    def setup(self, ctx: SearchContext) -> None:
+        alphas = self.supernet.arch_parameters()
+        if alphas:  # a space whose every point has one candidate has nothing to learn
+            arch = self.options.arch_optimizer
+            self.arch_optimizer = torch.optim.Adam(alphas, lr=arch.lr, betas=arch.betas, weight_decay=arch.weight_decay)
+
+    def on_epoch_start(self, ctx: SearchContext, epoch: int) -> None:
+        self.alpha_moves = epoch >= self.options.arch_warmup_epochs
+
+    def after_fixing(self, ctx: SearchContext) -> None:
+        if self.arch_optimizer is not None:
+            prune_optimizer(self.arch_optimizer, self.supernet.arch_parameters())
+
     def step(self, ctx: SearchContext, batch: Batch, meta_batch: Batch) -> dict[str, float]:
-        if not (ctx.arch_updates and self.supernet.arch_parameters()):
+        if not (self.alpha_moves and self.supernet.arch_parameters()):
             stats = ctx.weight_backward(batch)
             ctx.weight_step()
             return stats
@@ -59,15 +91,55 @@ class PMPL(Strategy):
             # the gradient at α_old: θ′'s, and with ``reuse`` the weight step's too
             with ctx.measuring() if fresh else contextlib.nullcontext():
                 stats = ctx.weight_backward(batch)
-        weights = ctx.lookahead_weights() if self.options.lookahead else None
-        stats.update(ctx.arch_step(meta_batch, weights))
+        weights = self.lookahead_weights(ctx) if self.options.lookahead else None
+        stats.update(self.arch_step(ctx, meta_batch, weights))
         if fresh:
             stats.update(ctx.weight_backward(batch))  # ∇θ L_train(θ, α_new): the loss logged is this one
         ctx.weight_step()
         return stats
 
+    @torch.no_grad()
+    def lookahead_weights(self, ctx: SearchContext) -> dict[str, Tensor]:
+        """θ′: where the weight step would take θ with the gradient in ``.grad`` — the virtual step
+        of Algorithm 1. It is the real optimizer's step (clipping, momentum, weight decay, the
+        scheduled ζ), taken and undone, so θ′ never drifts from the step θ actually takes.
+        First order: θ′ is a constant."""
+        optimizer = ctx.weight_optimizer
+        ctx.clip_weight_grads()
+        named = list(self.supernet.named_weight_parameters())
+        theta = [p.detach().clone() for _, p in named]
+        state = {p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()} for p, s in optimizer.state.items()}
+        optimizer.step()
+        moved = {name: p.detach().clone() for name, p in named}
+        for (_, p), before in zip(named, theta):
+            p.copy_(before)
+        optimizer.state.clear()
+        optimizer.state.update(state)
+        return moved
+
+    def arch_step(self, ctx: SearchContext, batch: Batch, weights: dict[str, Tensor] | None = None) -> dict[str, float]:
+        """α ← Adam(α, ∇α L_meta) on a meta batch, at the current θ or at ``weights`` (θ′).
+        Only α's gradient is computed, so the weights' ``.grad`` stays untouched; BatchNorm
+        normalises with the meta batch's statistics but keeps its running ones."""
+        alphas = self.supernet.arch_parameters()
+        x, y = ctx.batch(batch)
+        with ctx.measuring():  # the backward too: BatchNorm's backward reads the running buffers
+            with autocast(ctx.device, ctx.amp):
+                if weights is None:
+                    logits = self.supernet(x)
+                else:
+                    logits = functional_call(self.supernet, weights, (x,), strict=False)
+            loss = ctx.loss(logits, y)
+            grads = list(torch.autograd.grad(loss, alphas))
+        ctx.reduce_grads(grads)
+        for alpha, grad in zip(alphas, grads):
+            alpha.grad = grad
+        self.arch_optimizer.step()
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        return {"meta_loss": loss.item(), "meta_acc": 100.0 * (logits.argmax(1) == y).float().mean().item()}
+
     def decide(self, ctx: SearchContext) -> list[Fixing]:
-        if self.options.rho is None or not ctx.arch_updates:
+        if self.options.rho is None or not self.alpha_moves:
             return []
         fixings = []
         for path in self.supernet.unfixed():
@@ -85,3 +157,14 @@ class PMPL(Strategy):
             top = mixed.probs().topk(min(k, len(mixed.names))).indices.tolist()
             fixings.append(self.fix(path, [mixed.names[i] for i in top], ctx.step))
         return fixings
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.arch_optimizer is not None:
+            state["arch_optimizer"] = self.arch_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.arch_optimizer is not None:
+            self.arch_optimizer.load_state_dict(state["arch_optimizer"])

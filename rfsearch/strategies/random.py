@@ -13,6 +13,8 @@ from rfsearch.strategies.registry import register_strategy
 
 @register_strategy("random")
 class RandomChoice(Strategy):
+    """One candidate per point drawn uniformly from the seed; the supernet is never trained."""
+
     trains_supernet = False
 
     def step(self, ctx: SearchContext, batch: Batch, meta_batch: Batch) -> dict[str, float]:

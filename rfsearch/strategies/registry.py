@@ -2,42 +2,34 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
-from rfsearch.imports import import_object, is_import_path
+from rfsearch.registry import Registry
+from rfsearch.strategies.base import Strategy
 
-if TYPE_CHECKING:
-    from rfsearch.strategies.base import Strategy
+S = TypeVar("S", bound=type[Strategy])
 
-S = TypeVar("S", bound="type[Strategy]")
-_REGISTRY: dict[str, type[Strategy]] = {}
+
+def _user_strategy(name: str, cls: Any) -> type[Strategy]:
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ValueError(f"'{name}' is not a subclass of rfsearch.Strategy")
+    return cls
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", _user_strategy)
 
 
 def register_strategy(name: str) -> Callable[[S], S]:
     def decorate(cls: S) -> S:
-        if name in _REGISTRY:
-            raise ValueError(f"strategy '{name}' is already registered")
-        _REGISTRY[name] = cls
+        STRATEGIES.register(name, cls)
         return cls
 
     return decorate
 
 
-def registered_strategies() -> dict[str, type[Strategy]]:
-    import rfsearch.strategies  # noqa: F401  (registers the built-ins)
-
-    return dict(_REGISTRY)
+def registered_strategies(pattern: str = "*") -> dict[str, type[Strategy]]:
+    return STRATEGIES.entries(pattern)
 
 
 def get_strategy(name: str) -> type[Strategy]:
-    known = registered_strategies()
-    if name in known:
-        return known[name]
-    if is_import_path(name):
-        from rfsearch.strategies.base import Strategy
-
-        cls = import_object(name)
-        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-            raise ValueError(f"'{name}' is not a subclass of rfsearch.Strategy")
-        return cls
-    raise ValueError(f"unknown strategy '{name}'; known: {', '.join(sorted(known))}, or an import path 'pkg.module:Class'")
+    return STRATEGIES.get(name)

@@ -21,8 +21,11 @@ class UniformOptions(StrictModel):
 
 @register_strategy("uniform")
 class UniformSampling(Strategy):
+    """Single-path training on uniformly drawn paths, then each point's op chosen greedily by meta loss."""
+
     Options = UniformOptions
     options: UniformOptions
+    single_path = True
 
     def _sample_paths(self, paths: list[str]) -> None:
         for path in paths:

@@ -67,6 +67,11 @@ def sgd(params: Iterable[nn.Parameter], cfg: WeightOptimizer) -> torch.optim.SGD
     )
 
 
+def classification_loss(logits: Tensor, y: Tensor, *, label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
+    """Cross-entropy in float32 whatever autocast computed the logits in: every loop's loss."""
+    return nn.functional.cross_entropy(logits.float(), y, label_smoothing=label_smoothing, reduction=reduction)
+
+
 def epoch_steps(loader: Any, cap: int | None) -> int:
     """Steps in one epoch: a full pass over the loader, or ``cap`` if that is shorter."""
     return len(loader) if cap is None else min(cap, len(loader))
@@ -142,7 +147,7 @@ def evaluate(
             with autocast(device, amp):
                 logits = model(x)
             classes = logits.shape[1]
-            loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            loss = classification_loss(logits, y, reduction="sum")
             top1, top5 = topk_correct(logits, y)
             totals += torch.tensor([loss.item(), top1, top5, y.numel()], dtype=torch.float64, device=device)
     finally:

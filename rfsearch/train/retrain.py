@@ -15,9 +15,8 @@ from torch import nn
 
 from rfsearch import data as rfdata
 from rfsearch.arch import Arch
-from rfsearch.console import TrainingProgress, console
+from rfsearch.console import console
 from rfsearch.discretize import build_child, child_state, save_child
-from rfsearch.distributed import init_distributed
 from rfsearch.errors import RfsearchError
 from rfsearch.io import restoring, save_checkpoint, write_json
 from rfsearch.report import child_report
@@ -27,17 +26,17 @@ from rfsearch.train.engine import (
     autocast,
     check_finite,
     check_weights_finite,
+    classification_loss,
     cosine_schedule,
     epoch_steps,
     evaluate,
-    resolve_device,
     rng_state,
-    seed_everything,
     set_rng_state,
     sgd,
     to_device,
 )
 from rfsearch.train.loggers import HistoryWriter
+from rfsearch.train.setup import RunSetup, class_count
 
 
 HINT = "lower train.retrain.optimizer.lr or set train.retrain.grad_clip"
@@ -77,7 +76,7 @@ class RetrainResult:
 def fit_classifier(arch: Arch, space: SpaceConfig) -> Arch:
     """The arch with its classifier sized for the retraining data (unless the backbone's kwargs fix
     it), so an arch searched on one dataset retrains on another."""
-    num_classes = arch.backbone.kwargs.get("num_classes") or rfdata.num_classes(space.data)
+    num_classes = class_count(arch.backbone, space.data)
     return arch if num_classes == arch.num_classes else arch.model_copy(update={"num_classes": num_classes})
 
 
@@ -98,20 +97,14 @@ def run_retrain(
         space = space.model_copy(deep=True)
         space.train.retrain.epochs = epochs
     recipe = space.train.retrain
-    dist, device_name = init_distributed(space.train.device)
-    device = resolve_device(device_name)
     arch = fit_classifier(arch, space)
-    name = arch.space or space.name
-    seed = space.train.seed
-    seed_everything(seed, space.train.deterministic)
+    run = RunSetup.start("retrain", space.train, resume)
+    dist, device, seed, channels_last = run.dist, run.device, run.seed, run.channels_last
 
     child = build_child(arch)
     report = child_report(arch)
-    # once the child builds: one path for every rank, rank 0 names (and creates or checks) it
-    run_dir = dist.on_main(lambda: rundir.new_run_dir("retrain", name, out) if resume is None else rundir.resume_run_dir(resume, "retrain"))
-    channels_last = space.train.channels_last and device.type == "cuda"
-    child.to(device, memory_format=torch.channels_last) if channels_last else child.to(device)
-    child = dist.convert_sync_bn(child, device, space.train.sync_bn)  # before DDP wraps it
+    run_dir = run.open_run_dir(arch.space or space.name, out)
+    child = run.sync_bn(run.place(child))
     loaders = rfdata.build_train_loaders(space.data, batch_size=recipe.batch_size, seed=seed, device=device, distributed=dist.enabled)
     steps_per_epoch = epoch_steps(loaders.train, recipe.steps_per_epoch)
     optimizer = sgd(child.parameters(), recipe.optimizer)
@@ -121,14 +114,13 @@ def run_retrain(
     start_epoch, step, elapsed = 0, 0, 0.0
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "top1": None, "top5": None}
-    history_path, checkpoint = run_dir / rundir.HISTORY, run_dir / rundir.CHECKPOINT
+    history_path, checkpoint = run.history, run.checkpoint
     history_log = HistoryWriter(history_path, log, x_key="epoch")
-    resumed = resume is not None and checkpoint.exists()
-    if resumed:
-        state = rundir.read_checkpoint(checkpoint, "retrain")  # on every rank
+    state = run.resumed_state()
+    resumed = state is not None
+    if state is not None:
         with restoring(checkpoint):
-            saved = Arch.model_validate(state["arch"])
-            if saved.choices() != arch.choices() or saved.backbone != arch.backbone:
+            if not Arch.model_validate(state["arch"]).same_network(arch):
                 raise RfsearchError(f"{checkpoint} holds another architecture than the one given to resume it")
             child.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -141,7 +133,7 @@ def run_retrain(
     def result() -> RetrainResult:
         return RetrainResult(run_dir, arch, history, best, report, elapsed + time.perf_counter() - started, len(history) == recipe.epochs)
 
-    progress = TrainingProgress("retrain", recipe.epochs * steps_per_epoch, run_dir, completed=step, enabled=show_progress and dist.is_main)
+    progress = run.progress(recipe.epochs * steps_per_epoch, step, show_progress)
     val_note = "-"
     with rundir.keeping_last_checkpoint(checkpoint), progress:
         if dist.is_main:
@@ -161,7 +153,7 @@ def run_retrain(
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device, space.train.amp):
                     logits = model(x)
-                loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+                loss = classification_loss(logits, y, label_smoothing=recipe.label_smoothing)
                 mean_loss = dist.mean_stats({"loss": loss.item()}, device)  # the same on every rank, so all stop together
                 check_finite(mean_loss, f"retrain step {step + 1} (epoch {epoch + 1})", HINT)  # before the step: the weights stay good
                 loss.backward()

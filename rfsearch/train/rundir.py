@@ -80,6 +80,8 @@ def read_checkpoint(path: Path, kind: str, map_location: str | torch.device = "c
     found = "retrain" if state.get("kind") == CHILD_KIND else "search" if "strategy" in state else None
     if found != kind:
         raise RfsearchError(f"{path}: not a {kind} checkpoint" + (f": it was written by a {found} run" if found else ""))
+    if found == "search" and "arch_optimizer" in state:  # written before strategies kept their own optimizers
+        state["strategy"] = {**state["strategy"], "arch_optimizer": state.pop("arch_optimizer")}
     return state
 
 
@@ -100,7 +102,7 @@ def save_config(run_dir: Path, space: SpaceConfig) -> None:
 
 def load_run_config(run_dir: Path, overrides: Iterable[str] = ()) -> SpaceConfig:
     """The config a run saved, with ``--set`` overrides applied on top (a retrain of a search run)."""
-    from rfsearch.space.loader import load_space
+    from rfsearch.loading import load_space
 
     if not (run_dir / CONFIG).exists():
         raise RfsearchError(f"{run_dir} is not a run directory (no {CONFIG})")
