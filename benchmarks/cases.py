@@ -238,7 +238,7 @@ def pmpl_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
             channels_last=settings.channels_last,
             grad_clip=recipe.grad_clip,
         )
-        strategy = PMPL(PMPL.Options.model_validate({**resolve_strategy(space)[1].model_dump(), "rho": None, "weight_grad": mode}), net, seed=0)
+        strategy = PMPL(PMPL.Options.model_validate({**resolve_strategy(space)[1].model_dump(), "rho": None, "weight_grad": mode, "arch_warmup_epochs": 0}), net, seed=0)  # the α phase
         strategy.setup(ctx)
         fns[mode] = lambda strategy=strategy, ctx=ctx: strategy.step(ctx, train, meta)
     log(f"PMPL step at {res} px, batch {settings.batch}: {settings.rounds} rounds")
