@@ -76,14 +76,12 @@ class GDAS(Strategy):
             if alphas:
                 self.sample()
                 x, y = ctx.batch(meta_batch)
-                with ctx.measuring():
-                    loss = ctx.loss(self.supernet(x), y)
-                    grads = list(torch.autograd.grad(loss, alphas))
-                ctx.reduce_grads(grads)
-                for alpha, grad in zip(alphas, grads):
-                    alpha.grad = grad
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+
+                def forward() -> tuple[torch.Tensor, torch.Tensor]:
+                    logits = self.supernet(x)
+                    return ctx.loss(logits, y), logits
+
+                loss, _ = ctx.arch_gradient_step(self.optimizer, alphas, forward)
                 stats["meta_loss"] = loss.item()
         finally:
             self.clear()

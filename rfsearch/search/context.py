@@ -75,6 +75,21 @@ class SearchContext:
         self.clip_weight_grads()
         self.weight_optimizer.step()
 
+    def arch_gradient_step(self, optimizer: torch.optim.Optimizer, alphas: list[Tensor], forward: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """One step of α on a meta batch: ``forward()`` returns (loss, logits); the loss is
+        differentiated w.r.t. ``alphas`` only (the weights' ``.grad`` stays untouched), both inside
+        :meth:`measuring` (BatchNorm's backward reads the running buffers too), the gradients are
+        averaged over ranks so every rank holds the same α, and ``optimizer`` steps."""
+        with self.measuring():
+            loss, logits = forward()
+            grads = list(torch.autograd.grad(loss, alphas))
+        self.reduce_grads(grads)
+        for alpha, grad in zip(alphas, grads):
+            alpha.grad = grad
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss, logits
+
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
         """A forward and backward that measure but are not the weights' training step (the meta

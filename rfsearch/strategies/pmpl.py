@@ -121,21 +121,14 @@ class PMPL(Strategy):
         """α ← Adam(α, ∇α L_meta) on a meta batch, at the current θ or at ``weights`` (θ′).
         Only α's gradient is computed, so the weights' ``.grad`` stays untouched; BatchNorm
         normalises with the meta batch's statistics but keeps its running ones."""
-        alphas = self.supernet.arch_parameters()
         x, y = ctx.batch(batch)
-        with ctx.measuring():  # the backward too: BatchNorm's backward reads the running buffers
+
+        def forward() -> tuple[Tensor, Tensor]:
             with autocast(ctx.device, ctx.amp):
-                if weights is None:
-                    logits = self.supernet(x)
-                else:
-                    logits = functional_call(self.supernet, weights, (x,), strict=False)
-            loss = ctx.loss(logits, y)
-            grads = list(torch.autograd.grad(loss, alphas))
-        ctx.reduce_grads(grads)
-        for alpha, grad in zip(alphas, grads):
-            alpha.grad = grad
-        self.arch_optimizer.step()
-        self.arch_optimizer.zero_grad(set_to_none=True)
+                logits = self.supernet(x) if weights is None else functional_call(self.supernet, weights, (x,), strict=False)
+            return ctx.loss(logits, y), logits
+
+        loss, logits = ctx.arch_gradient_step(self.arch_optimizer, self.supernet.arch_parameters(), forward)
         return {"meta_loss": loss.item(), "meta_acc": 100.0 * (logits.argmax(1) == y).float().mean().item()}
 
     def decide(self, ctx: SearchContext) -> list[Fixing]:
