@@ -275,6 +275,7 @@ def ablate(
     overrides: SetOption = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue the interrupted ablation in this directory (finished rows are not redone)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    jobs: Annotated[int, typer.Option(min=1, help="cells run at once, each in its own process with an equal share of the CPU cores (no progress bars)")] = 1,
 ) -> None:
     """The paper's ablation: each row (fixed enhancer or search strategy) searched where needed and
     retrained with one recipe over several seeds; writes ablation.md, ablation.csv and PNG plots."""
@@ -300,7 +301,7 @@ def ablate(
         row_names = parse_rows(rows) if rows is not None else list(DEFAULT_ROWS)
         seed_arg = seeds  # None: ablate.default_seeds(space)
         source = str(space_file)
-    result = run_ablation(space, out, rows=row_names, seeds=seed_arg, resume=resume, space_file=source, show_progress=not quiet)
+    result = run_ablation(space, out, rows=row_names, seeds=seed_arg, resume=resume, space_file=source, show_progress=not quiet, jobs=jobs)
     print_table(rich_table(result))
     skipped = f", {len(result.skipped)} row×seed read back from earlier" if result.skipped else ""
     console.print(

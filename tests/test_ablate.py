@@ -123,6 +123,20 @@ def test_ablate_rows_seeds_table_files_and_resume(tmp_path: Path) -> None:
     assert (out / "accuracy.png").read_bytes()[:8] == PNG
 
 
+def test_parallel_cells_measure_what_serial_cells_measure(tmp_path: Path) -> None:
+    """--jobs 2 runs cells in two one-thread processes: every cell ends where the serial run's does."""
+    args = ["--rows", "no,random", "--seeds", "2", "--quiet", *_sets(TINY)]
+    _invoke("ablate", SPACE, "--out", str(tmp_path / "serial"), *args)
+    parallel = _invoke("ablate", SPACE, "--out", str(tmp_path / "parallel"), "--jobs", "2", *args)
+    assert "4 cells, 2 at a time" in " ".join(parallel.output.split())
+    serial_rows, parallel_rows = (read_json(tmp_path / d / "ablation.json")["results"]["rows"] for d in ("serial", "parallel"))
+    assert [r["row"] for r in parallel_rows] == ["no", "random"]
+    assert [[c["top1"] for c in r["cells"]] for r in parallel_rows] == [[c["top1"] for c in r["cells"]] for r in serial_rows]
+    for row in ("no", "random"):
+        for seed in (0, 1):
+            assert read_json(tmp_path / "parallel" / row / f"seed{seed}" / "retrain" / "metrics.json")["finished"] is True
+
+
 def test_rows_mean_what_table_3_means_on_the_default_space() -> None:
     """No = skip, Local = avgpool3 everywhere (no search), Global = global everywhere, Random = one of
     the three enhancers per point, PMPL = the space's list; pmpl3 searches Random's three."""

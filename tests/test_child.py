@@ -268,6 +268,22 @@ def test_retrain_lowers_the_loss_and_writes_a_reloadable_run(tmp_path: Path) -> 
     assert child_for_export(tmp_path / "bare")[2] is None  # … and to random init without one
 
 
+def test_eval_every_skips_validation_between_and_trains_the_same(tmp_path: Path) -> None:
+    space = tiny_space()
+    arch = tiny_arch(space)
+    every = run_retrain(space, arch, tmp_path / "every", show_progress=False)
+    sparse_space = space.model_copy(deep=True)
+    sparse_space.train.retrain.eval_every = 2
+    sparse = run_retrain(sparse_space, arch, tmp_path / "sparse", show_progress=False)
+
+    assert [r["top1"] is not None for r in sparse.history] == [False, True, True]  # epoch 2, and always the last
+    assert sparse.history[0]["val_loss"] is None and sparse.history[0]["top5"] is None
+    assert [r["train_loss"] for r in sparse.history] == [r["train_loss"] for r in every.history]  # validation draws nothing
+    assert sparse.history[1:] == every.history[1:]
+    assert sparse.best["epoch"] in (2, 3) and sparse.final == every.final
+    assert read_json(sparse.run_dir / rundir.METRICS)["final"]["top1"] == every.final["top1"]
+
+
 def test_resumed_retrain_continues_and_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
     space = tiny_space()
     arch = tiny_arch(space)

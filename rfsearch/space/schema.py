@@ -174,6 +174,7 @@ class RetrainRecipe(StrictModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)
     warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up before the cosine decay")
+    eval_every: int = Field(1, ge=1, description="validate every N epochs and after the last (a full test split can cost as much as an epoch)")
 
 
 class TrainConfig(StrictModel):

@@ -170,28 +170,35 @@ def run_retrain(
                 progress.update(1, f"epoch {epoch + 1}/{recipe.epochs} · loss {mean_loss['loss']:.3f} · acc {acc:.1f}% · val top-1 {val_note}")
             dist.sum_(sums)
             dist.mean_buffers(child)  # every rank evaluates (and rank 0 saves) the same BN statistics
-            val = evaluate(child, loaders.val, device, amp=space.train.amp, channels_last=channels_last, reduce=dist.sum_)
             record = {
                 "epoch": epoch + 1,
                 "step": step,
                 "lr": lr,
                 "train_loss": round(sums[0].item() / sums[2].item(), 5),
                 "train_acc": round(100 * sums[1].item() / sums[2].item(), 3),
-                "val_loss": round(val["loss"], 5),
-                "top1": round(val["top1"], 3),
-                "top5": None if val["top5"] is None else round(val["top5"], 3),
+                "val_loss": None,
+                "top1": None,
+                "top5": None,
             }
-            check_finite({"val_loss": record["val_loss"], "train_loss": record["train_loss"]}, f"retrain epoch {epoch + 1}", HINT)
+            if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
+                val = evaluate(child, loaders.val, device, amp=space.train.amp, channels_last=channels_last, reduce=dist.sum_)
+                record.update(
+                    val_loss=round(val["loss"], 5),
+                    top1=round(val["top1"], 3),
+                    top5=None if val["top5"] is None else round(val["top5"], 3),
+                )
+            check_finite({k: record[k] for k in ("val_loss", "train_loss") if record[k] is not None}, f"retrain epoch {epoch + 1}", HINT)
             check_weights_finite(child, f"retrain epoch {epoch + 1}", HINT)  # a NaN never overwrites the last good checkpoint
             history.append(record)
-            improved = best["top1"] is None or record["top1"] > best["top1"]
+            improved = record["top1"] is not None and (best["top1"] is None or record["top1"] > best["top1"])
             if improved:
                 best = {"epoch": record["epoch"], "top1": record["top1"], "top5": record["top5"]}
-            val_note = f"{record['top1']:.2f}% (best {best['top1']:.2f}%)"
+            if record["top1"] is not None:
+                val_note = f"{record['top1']:.2f}% (best {best['top1']:.2f}%)"
             top5 = "" if record["top5"] is None else f" top-5 {record['top5']:.2f}%"
             progress.epoch_done(
                 f"epoch {epoch + 1}/{recipe.epochs} · loss {record['train_loss']:.3f} · acc {record['train_acc']:.1f}% · val top-1 {val_note}",
-                summary=f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} · val top-1 {record['top1']:.2f}%{top5}" if progress.live else None,
+                summary=f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} · val top-1 {val_note}{top5}" if progress.live else None,
             )
             if dist.is_main:
                 history_log.write(record)
