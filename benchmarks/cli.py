@@ -22,6 +22,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer rounds and a shorter search: a smoke run, not for the record")
     p.add_argument("--only", default="step,search,child", help="comma-separated parts: step (supernet step + memory), pmpl-step (PMPL's step, after_alpha vs reuse), search, child")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every number to FILE")
+    p.add_argument("--compare", type=Path, default=None, metavar="OTHER.json", help="then print this run beside an earlier run's --json file, row by row")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per comparison (default 7; quick 3)")
     p.add_argument("--batch", type=int, default=None, help="training batch size (default 32 on CPU, 128 on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -122,8 +123,36 @@ def render(rows: list[Row], meta: dict[str, Any]) -> None:
                   + f"; device {meta['device']}; load average before {meta['load_before']}, after {meta['load_after']}; {meta['seconds']:.0f} s[/]")
 
 
+def render_comparison(this: dict[str, Any], other: dict[str, Any], other_name: str) -> None:
+    """Two runs' ratios side by side (rows matched by group and name), and how the numerator's
+    own time or memory changed: this run's over the other's."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))
+    table = Table(title=f"this run beside {other_name}")
+    for col in ("comparison", "this run", other_name, "numerator: this / other"):
+        table.add_column(col, justify="left" if col == "comparison" else "right", no_wrap=col != "comparison")
+    theirs = {(r["group"], r["name"]): r for r in other["rows"]}
+    ours = {(r["group"], r["name"]) for r in this["rows"]}
+    for row in [*this["rows"], *(r for key, r in theirs.items() if key not in ours)]:
+        mine = row if (row["group"], row["name"]) in ours else None
+        old = theirs.get((row["group"], row["name"]))
+
+        def cell(r: dict[str, Any] | None) -> str:
+            return "-" if r is None else f"{r['ratio']:.2f}× ({fmt_value(r['num'], r['unit'])})"
+
+        change = f"{mine['num'] / old['num']:.2f}×" if mine is not None and old is not None and old["num"] else "-"
+        table.add_row(row["name"], cell(mine), cell(old), change)
+    console.print(table)
+    for name, run in (("this run", this), (other_name, other)):
+        m = run["meta"]["machine"]
+        console.print(f"[dim]{name}: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} ({m['threads']} threads); {run['meta']['command']}[/]")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    other = _read_run(args.compare) if args.compare is not None else None
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = settings_of(args)
@@ -157,7 +186,21 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - started,
     }
     render(rows, meta)
+    run = {"meta": meta, "rows": [r.to_dict() for r in rows]}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "rows": [r.to_dict() for r in rows]}, indent=2))
+        args.json.write_text(json.dumps(run, indent=2))
+    if other is not None:
+        render_comparison(run, other, str(args.compare))
     return 0
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    """An earlier run's --json file, checked before anything is measured."""
+    try:
+        run = json.loads(path.read_text())
+        if not isinstance(run.get("rows"), list) or "machine" not in run.get("meta", {}):
+            raise ValueError("no 'rows' and 'meta.machine'")
+    except (OSError, ValueError, AttributeError) as err:
+        raise SystemExit(f"--compare {path}: not a benchmark --json file ({err})") from None
+    return run

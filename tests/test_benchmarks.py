@@ -34,3 +34,51 @@ def test_peak_memory_on_cpu_prints_no_profiler_log_lines(capfd: pytest.CaptureFi
     conv = torch.nn.Conv2d(3, 8, 3)
     assert peak_bytes(lambda: conv(torch.randn(2, 3, 16, 16)).sum().backward(), torch.device("cpu")) > 0
     assert capfd.readouterr().err == ""
+
+
+def _run(ratio_num: float, den: float, name: str = "train step 32px bs32") -> dict:
+    from benchmarks.cases import Row
+
+    row = Row("step", name, "supernet", "backbone", ratio_num, den, "s", target=1.5)
+    machine = {"cpu": "CPU X", "cpus": 2, "torch": "2.14.1", "threads": 1}
+    return {"meta": {"machine": machine, "command": "python -m benchmarks"}, "rows": [row.to_dict()]}
+
+
+def test_compare_prints_two_runs_row_by_row(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    import json
+
+    from benchmarks.cli import _read_run, render_comparison
+
+    old = _run(0.6, 0.25)  # 2.40×
+    new = _run(0.3, 0.25)  # 1.20×, the numerator twice as fast
+    new["rows"].append(_run(1.0, 1.0, "only in this run")["rows"][0])
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    render_comparison(new, _read_run(path), "old.json")
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    step = next(line for line in lines if "train step 32px bs32" in line)
+    assert "1.20× (300.0 ms)" in step and "2.40× (600.0 ms)" in step and step.rstrip(" │").endswith("0.50×")
+    only = next(line for line in lines if "only in this run" in line)
+    assert "1.00×" in only and "-" in only.split("│")[3]
+
+    path.write_text("{}")
+    with pytest.raises(SystemExit, match="not a benchmark --json file"):
+        _read_run(path)
+
+
+def test_benchmark_process_prints_no_c10_warnings_of_the_profiler() -> None:
+    """A CPU peak reading frees blocks allocated before the profiler started; c10 warns about each
+    one on stderr unless benchmarks sets its log level before torch loads."""
+    import subprocess
+    import sys
+
+    code = (
+        "import benchmarks, torch\n"
+        "from benchmarks.memory import peak_bytes\n"
+        "conv = torch.nn.Conv2d(3, 8, 3); x = torch.randn(2, 3, 16, 16); conv(x).sum().backward()\n"
+        "def step():\n    conv.weight.grad = None\n    conv(x).sum().backward()\n"
+        "assert peak_bytes(step, torch.device('cpu')) > 0\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    assert "CPUAllocator" not in run.stderr and run.stderr.strip() == ""
