@@ -1,10 +1,10 @@
-# Two entry points do all set-up: `make search` (the main job, embedded data, CPU) and `make test`.
+# Two entry points do all set-up: `make search` (the main job: Fashion-MNIST, CPU) and `make test`.
 # The virtual environment is created and the package installed on first use.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SPACE  ?= spaces/mbv2_metapool.yaml
+SPACE  ?= spaces/mbv2_metapool_fashion.yaml
 ARGS   ?=
 FASHION_MNIST_PKG := dataset-fashion-mnist
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
