@@ -215,7 +215,7 @@ def test_cluttered_dataset_through_the_user_path(tmp_path: Path, monkeypatch: py
     assert len(list((tmp_path / "cache").glob("fashion_mnist_cluttered-v1-*.npz"))) == 1
 
 
-@pytest.mark.parametrize(("space_file", "dataset", "side"), [("spaces/mbv2_metapool_fashion.yaml", "fashion_mnist", 32), ("spaces/mbv2_metapool_fashion_cluttered.yaml", "fashion_mnist_cluttered", 48)])
+@pytest.mark.parametrize(("space_file", "dataset", "side"), [("spaces/mbv2_metapool_fashion.yaml", "fashion_mnist", 28), ("spaces/mbv2_metapool_fashion_cluttered.yaml", "fashion_mnist_cluttered", 48)])
 def test_shipped_fashion_spaces_serve_what_their_backbone_expects(space_file: str, dataset: str, side: int) -> None:
     from rfsearch import load_space
 
