@@ -305,27 +305,11 @@ def pmpl_search(settings: Settings, log: Callable[[str], None]) -> tuple[list[Ro
 LATENCY_SPACE = SPACE.parent / "mbv2_metapool_imagenet.yaml"
 
 
-def with_fast_pools(model: nn.Module) -> nn.Module:
-    """A copy whose ``nn.AvgPool2d`` / ``nn.MaxPool2d`` are the drop-in ``FastAvgPool2d`` /
-    ``FastMaxPool2d`` of ``rfsearch.ops.fused`` (same arguments, same results)."""
-    from rfsearch.ops.fused import FastAvgPool2d, FastMaxPool2d
-
-    model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.AvgPool2d:
-                setattr(parent, name, FastAvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode, child.count_include_pad, child.divisor_override))
-            elif type(child) is nn.MaxPool2d:
-                setattr(parent, name, FastMaxPool2d(child.kernel_size, child.stride, child.padding, child.dilation, child.return_indices, child.ceil_mode))
-    return model
-
-
 def children(settings: Settings, searched_arch: Any | None) -> tuple[nn.Module, dict[str, nn.Module]]:
     """The backbone and children in the 224 px geometry of ``mbv2_metapool_imagenet.yaml`` (plain
     MobileNetV2 strides; post-mix layers off, as in ``mbv2_metapool.yaml``): the searched choices
     (when a search ran; matched by point path), a fixed mix that uses every candidate twice, and
-    all-``global`` (the paper's usual outcome). Children with pooling ops also run with the fast
-    pooling modules."""
+    all-``global`` (the paper's usual outcome)."""
     from rfsearch.arch import fixed_arch
     from rfsearch.discretize import build_child
     from rfsearch.graph.backbone import build_backbone
@@ -346,24 +330,33 @@ def children(settings: Settings, searched_arch: Any | None) -> tuple[nn.Module, 
     out: dict[str, nn.Module] = {}
     for name, rule in rules.items():
         torch.manual_seed(0)
-        child = build_child(fixed_arch(points, rule, backbone=space.backbone, num_classes=NUM_CLASSES))
-        out[name] = child
-        if any(type(m) in (nn.AvgPool2d, nn.MaxPool2d) for m in child.modules()):
-            out[name] = child  # as rfsearch builds it today (ATen pooling)
-            out[f"{name}, fast pools"] = with_fast_pools(child)
+        out[name] = build_child(fixed_arch(points, rule, backbone=space.backbone, num_classes=NUM_CLASSES))
     return _place(backbone, settings), {k: _place(m, settings) for k, m in out.items()}
 
 
 def child_rows(settings: Settings, searched_arch: Any | None, log: Callable[[str], None]) -> list[Row]:
+    """Inference as the models come and with BN folded into the convolutions (both sides alike:
+    the fair comparison for deployment), onnxruntime against PyTorch, and a train step."""
+    from rfsearch.inference import fold_batchnorm
+
     backbone, kids = children(settings, searched_arch)
+    models = {"backbone": backbone, **{f"child ({k})": m for k, m in kids.items()}}
+    folded = {f"{k}, BN folded": _place(fold_batchnorm(m), settings) for k, m in models.items()}
     rows: list[Row] = []
     for bs in settings.latency_batches:
         x, _ = batch(settings, settings.latency_resolution, bs)
-        fns = {"backbone": inference(backbone, settings, x), **{f"child ({k})": inference(m, settings, x) for k, m in kids.items()}}
+        fns = {k: inference(m, settings, x) for k, m in {**models, **folded}.items()}
+        onnx = _onnx_child(kids["all global"], settings, x, log) if settings.device.type == "cpu" else None
+        if onnx is not None:
+            fns["child (all global), onnxruntime"] = onnx
         log(f"inference latency at {settings.latency_resolution} px, batch {bs}")
         timings = compare(fns, settings.rounds, settings.warmup, settings.device)
         for k in kids:
-            rows.append(_ratio_row("child", f"latency {settings.latency_resolution}px bs{bs}: {k}", timings, f"child ({k})", "backbone", CHILD_LATENCY_TARGET))
+            name = f"latency {settings.latency_resolution}px bs{bs}: {k}"
+            rows.append(_ratio_row("child", name, timings, f"child ({k})", "backbone", CHILD_LATENCY_TARGET))
+            rows.append(_ratio_row("child", f"{name}, BN folded", timings, f"child ({k}), BN folded", "backbone, BN folded", CHILD_LATENCY_TARGET))
+        if onnx is not None:
+            rows.append(_ratio_row("child", f"latency {settings.latency_resolution}px bs{bs}: all global, ONNX", timings, "child (all global), onnxruntime", "child (all global)", 1.0))
     x, y = batch(settings, settings.child_train_resolution)
     fns = {"backbone": train_step(backbone, settings, x, y), **{f"child ({k})": train_step(m, settings, x, y) for k, m in kids.items()}}
     log(f"child train step at {settings.child_train_resolution} px, batch {x.shape[0]}")
@@ -371,3 +364,23 @@ def child_rows(settings: Settings, searched_arch: Any | None, log: Callable[[str
     for k in kids:
         rows.append(_ratio_row("child", f"train step {settings.child_train_resolution}px bs{x.shape[0]}: {k}", timings, f"child ({k})", "backbone", None))
     return rows
+
+
+def _onnx_child(model: nn.Module, settings: Settings, x: torch.Tensor, log: Callable[[str], None]) -> Callable[[], None] | None:
+    """The child exported by ``rfsearch.export_child`` and run by onnxruntime with torch's thread
+    count; None (and a line saying why) where the export extras are missing."""
+    try:
+        import onnxruntime
+    except ImportError:
+        log("onnxruntime is not installed: no ONNX row (pip install 'rfsearch[export]')")
+        return None
+    from rfsearch.export import export_child
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    with tempfile.TemporaryDirectory(prefix="rfsearch-bench-") as tmp:
+        path = export_child(model, Path(tmp) / "child.onnx", "onnx", input_size=x.shape[-1]).path
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.cpu().contiguous().numpy()}
+    return lambda: session.run(None, feed)

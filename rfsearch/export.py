@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from rfsearch.arch import Arch
 from rfsearch.discretize import build_child, read_child
 from rfsearch.errors import RfsearchError
+from rfsearch.inference import fold_batchnorm
 from rfsearch.io import atomic_write, writing
 from rfsearch.train.rundir import BEST
 
@@ -66,13 +67,15 @@ def export_child(
     in_channels: int = 3,
     tolerance: float = TOLERANCE,
 ) -> ExportResult:
-    """Write ``model`` (eval mode, CPU, any batch size) to ``path``, then run the file on a random
-    batch of another size and compare with PyTorch; ExportMismatch when they differ by > tolerance."""
+    """Write ``model`` (eval mode, CPU, any batch size, BN folded into its convolutions) to ``path``,
+    then run the file on a random batch of another size and compare with the unfolded PyTorch
+    model; ExportMismatch when they differ by > tolerance."""
     check_format(fmt)
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().eval()
+    folded = fold_batchnorm(model)  # what the file holds: BN folded into the convolutions
     generator = torch.Generator().manual_seed(0)
     # batch 2: torch.export specialises a dimension of size 1, so the batch would not stay dynamic
     example = torch.randn(2, in_channels, input_size, input_size, generator=generator)
@@ -80,9 +83,9 @@ def export_child(
     with writing(path), warnings.catch_warnings():  # TorchScript and the legacy exporter are deprecated upstream; not the user's problem
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, torch.jit.TracerWarning))
         if fmt == "onnx":
-            fallback = _write_onnx(model, example, path)
+            fallback = _write_onnx(folded, example, path)
         else:
-            traced = torch.jit.trace(model, example, check_trace=False)
+            traced = torch.jit.trace(folded, example, check_trace=False)
             atomic_write(path, lambda handle: torch.jit.save(traced, handle))
     check = torch.randn(3, in_channels, input_size, input_size, generator=generator)
     return ExportResult(path, fmt, verify_export(path, fmt, model, check, tolerance), fallback)

@@ -15,7 +15,8 @@ from rfsearch.graph.candidates import build_candidates
 from rfsearch.graph.points import InsertionPoint, discover_points, point_graph
 from rfsearch.errors import RfsearchWarning
 from rfsearch.graph.wrap import attach, attach_order, post_layers
-from rfsearch.ops.fused import exporting, fused_mix
+from rfsearch.ops.fused import fused_mix
+from rfsearch.ops.tracing import tracing
 from rfsearch.space.schema import SpaceConfig
 
 
@@ -72,7 +73,7 @@ class MixedOp(nn.Module):
             return self.ops[self.active](x)
         weights = torch.softmax(self.alpha, dim=0).to(x.dtype)
         if (_FAST_MIXING if self.fast is None else self.fast) and not torch.jit.is_scripting():
-            if not (torch.jit.is_tracing() or exporting()):
+            if not tracing():
                 out = fused_mix([self.ops[name] for name in self.names], weights, x, self.backend)
                 if out is not None:
                     return out

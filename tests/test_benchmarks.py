@@ -82,3 +82,24 @@ def test_benchmark_process_prints_no_c10_warnings_of_the_profiler() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr
     assert "CPUAllocator" not in run.stderr and run.stderr.strip() == ""
+
+
+def test_child_part_reports_folded_and_onnx_rows_for_every_child() -> None:
+    import math
+
+    import torch
+
+    from benchmarks.cases import child_rows
+
+    s = settings_of(parse(["--rounds", "1"]))
+    s.warmup, s.latency_batches, s.latency_resolution, s.child_train_resolution, s.batch = 0, (2,), 32, 32, 2
+    torch.manual_seed(0)
+    rows = child_rows(s, None, lambda line: None)
+    names = {r.name: r for r in rows}
+    for kid in ("every op twice", "all global"):
+        assert names[f"latency 32px bs2: {kid}"].denominator == "backbone"
+        assert names[f"latency 32px bs2: {kid}, BN folded"].denominator == "backbone, BN folded"
+        assert f"train step 32px bs2: {kid}" in names
+    onnx = names["latency 32px bs2: all global, ONNX"]
+    assert (onnx.numerator, onnx.denominator, onnx.target) == ("child (all global), onnxruntime", "child (all global)", 1.0)
+    assert all(r.num > 0 and r.den > 0 and math.isfinite(r.ratio) for r in rows)

@@ -23,6 +23,7 @@ from rfsearch.export import ExportMismatch, child_for_export, export_child, veri
 from rfsearch.graph.backbone import build_backbone
 from rfsearch.graph.points import InsertionPoint, discover_points
 from rfsearch.graph.wrap import Enhanced, Summed
+from rfsearch.inference import fold_batchnorm
 from rfsearch.io import load_checkpoint, read_json, read_jsonl, save_checkpoint
 from rfsearch.report import child_report, cost, count_params
 from rfsearch.loading import load_space
@@ -209,6 +210,26 @@ np.save({str(tmp_path / "ts.npy")!r}, ts_out)
         child.classifier[-1].bias.add_(1.0)
     with pytest.raises(ExportMismatch, match="differs from PyTorch"):
         verify_export(files["torchscript"], "torchscript", child, x)
+
+
+def test_folded_child_computes_the_same_with_no_batchnorm_after_a_convolution() -> None:
+    arch = mbv2_arch(POST)
+    child = build_child(arch)
+    settle_bn(child, 16)
+    child.double().train()
+    before = {k: v.clone() for k, v in child.state_dict().items()}
+    folded = fold_batchnorm(child)
+
+    assert child.training and all(torch.equal(v, before[k]) for k, v in child.state_dict().items())  # left as it was
+    assert not folded.training
+    bns = [name for name, m in folded.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(name.endswith(".post.0") for name in bns), "only the post-mix BNs (after an enhancer, not a conv) remain"
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in child.modules()) > 3 * len(bns)
+    globals_ = [p.path for p in arch.points if p.choice_names == ["global"]]
+    assert globals_ and all(isinstance(folded.get_submodule(path).enhancer.reduce[1], nn.Identity) for path in globals_)
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), child.eval()(x), rtol=1e-9, atol=1e-10)
 
 
 def test_paper_reference_sizes_at_224() -> None:

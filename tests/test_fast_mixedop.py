@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 import rfsearch.ops.fused as fused
-from rfsearch.ops.fused import FastAvgPool2d, FastMaxPool2d, classify, spatial_gates
+from rfsearch.ops.fused import FastAvgPool2d, FastMaxPool2d, classify
 from rfsearch.ops.registry import get_op
 from rfsearch.supernet import MixedOp
 
@@ -214,11 +214,46 @@ def test_squeeze_excitation_gate() -> None:
     assert_same(run(ref, x, g), run(fast, x, g), torch.float64)
 
 
-def test_spatial_gates_mirror_the_op() -> None:
-    op = get_op("global").build(16, {}).double()
-    x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
-    a_h, a_w = spatial_gates(op, x)
-    torch.testing.assert_close(x * a_h * a_w, op(x), atol=1e-12, rtol=1e-12)
+def conv_ssp(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``SpatialSeparablePool`` as the paper draws it: 1×1 convolutions over the (H+W, 1) profile."""
+    h, w = x.shape[-2], x.shape[-1]
+    profile = torch.cat([x.mean(dim=3, keepdim=True), x.mean(dim=2, keepdim=True).transpose(2, 3)], dim=2)
+    mixed_h, mixed_w = torch.split(op.reduce(profile), [h, w], dim=2)
+    return x * torch.sigmoid(op.gate_h(mixed_h)) * torch.sigmoid(op.gate_w(mixed_w.transpose(2, 3)))
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (1, 16, 1, 6), (3, 16, 9, 9)], ids=lambda s: "x".join(map(str, s)))
+def test_global_op_matches_its_convolution_form(shape, channels_last, train) -> None:
+    torch.manual_seed(11)
+    ref = get_op("global").build(16, {}).double().train(train)
+    nn.init.normal_(ref.reduce[1].weight), nn.init.normal_(ref.reduce[1].bias)
+    op = copy.deepcopy(ref)
+    x, g = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    a, b = run(_Conv(ref), x, g), run(op, x, g)
+    assert_same(a, b, torch.float64)
+    a_h, a_w = op.gates(x)
+    torch.testing.assert_close(x * a_h * a_w, conv_ssp(ref, x), atol=1e-12, rtol=1e-12)
+    with torch.no_grad():  # the in-place inference path
+        torch.testing.assert_close(op.eval()(x), _Conv(ref.eval())(x), atol=1e-12, rtol=1e-12)
+
+
+class _Conv(nn.Module):
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_ssp(self.op, x)
+
+    def named_parameters(self, *args, **kwargs):  # the op's own names, so the two runs compare key by key
+        return self.op.named_parameters(*args, **kwargs)
+
+    def named_buffers(self, *args, **kwargs):
+        return self.op.named_buffers(*args, **kwargs)
 
 
 def test_bfloat16_within_its_tolerance() -> None:

@@ -9,11 +9,15 @@ squeeze-excitation block of MobileNetV3 (reduction 4, hard sigmoid), a different
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torchvision.ops import SqueezeExcitation
 
+from rfsearch.ops.tracing import tracing
 from rfsearch.ops.registry import register_op
 from rfsearch.space.base import StrictModel
 
@@ -40,7 +44,12 @@ class CBAMParams(StrictModel):
 
 
 class SpatialSeparablePool(nn.Module):
-    """Pool along W and along H, mix the two profiles jointly, gate the input with both."""
+    """Pool along W and along H, mix the two profiles jointly, gate the input with both.
+
+    ``reduce`` and the gates are 1×1 convolutions over the (H+W)-long profile; they run as matrix
+    products on those modules' weights (same parameters, state dict and results): ATen's
+    convolution costs a whole dispatch for a few thousand multiply-adds, which made the op's small
+    tensors dearer than its full-size gating at batch 1."""
 
     def __init__(self, channels: int, reduction: int = 32, min_channels: int = 8) -> None:
         super().__init__()
@@ -53,15 +62,52 @@ class SpatialSeparablePool(nn.Module):
         self.gate_h = nn.Conv2d(hidden, channels, 1)
         self.gate_w = nn.Conv2d(hidden, channels, 1)
 
+    def gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``a_h`` (N,C,H,1) and ``a_w`` (N,C,1,W): the forward is ``x · a_h · a_w``."""
+        h = x.shape[-2]
+        reduced = _pointwise(self.reduce[0], separable_profiles(x))
+        mixed = self.reduce[1:](reduced.unsqueeze(-1)).squeeze(-1)  # BN (or what replaced it) and the activation
+        a_h = torch.sigmoid(_pointwise(self.gate_h, mixed[:, :, :h]))
+        a_w = torch.sigmoid(_pointwise(self.gate_w, mixed[:, :, h:]))
+        return a_h.unsqueeze(-1), a_w.unsqueeze(-2)
+
     def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2], x.shape[-1]
-        profile_h = x.mean(dim=3, keepdim=True)  # (N, C, H, 1)
-        profile_w = x.mean(dim=2, keepdim=True).transpose(2, 3)  # (N, C, W, 1)
-        mixed = self.reduce(torch.cat([profile_h, profile_w], dim=2))
-        mixed_h, mixed_w = torch.split(mixed, [h, w], dim=2)
-        a_h = torch.sigmoid(self.gate_h(mixed_h))
-        a_w = torch.sigmoid(self.gate_w(mixed_w.transpose(2, 3)))
-        return x * a_h * a_w
+        a_h, a_w = self.gates(x)
+        y = x * a_h
+        # in place where no backward will need ``y``: one full-size buffer instead of two
+        return y * a_w if torch.is_grad_enabled() or tracing() else y.mul_(a_w)
+
+
+def _pointwise(conv: nn.Conv2d, z: Tensor) -> Tensor:
+    """A 1×1 ``conv`` applied to (N, C_in, L): (N, C_out, L)."""
+    out = torch.matmul(conv.weight.flatten(1), z)
+    return out if conv.bias is None else out + conv.bias.unsqueeze(-1)
+
+
+def separable_profiles(x: Tensor) -> Tensor:
+    """``cat([mean_W(x), mean_H(x)], dim=2)``: (N, C, H+W), the input of the reduce branch."""
+    if x.requires_grad and not tracing():
+        return _Profiles.apply(x)
+    return torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=2)
+
+
+class _Profiles(torch.autograd.Function):
+    """Both means in one node whose backward is one broadcast add (autograd's divides two expanded
+    gradients and accumulates them)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.size = x.shape
+        ctx.cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        h, w = ctx.size[-2], ctx.size[-1]
+        out = torch.empty(ctx.size, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last if ctx.cl else torch.contiguous_format)
+        torch.add(grad[:, :, :h, None] / w, grad[:, :, None, h:] / h, out=out)
+        return out
 
 
 class CBAM(nn.Module):

@@ -54,7 +54,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["FastAvgPool2d", "FastMaxPool2d", "Plan", "classify", "default_backend", "exporting", "fused_mix", "pool_forward", "spatial_gates"]
+from rfsearch.ops.tracing import tracing
+
+__all__ = ["FastAvgPool2d", "FastMaxPool2d", "Plan", "classify", "default_backend", "fused_mix", "pool_forward"]
 
 _BACKENDS = ("shift", "stock")
 
@@ -134,20 +136,9 @@ def classify(op: nn.Module) -> tuple | None:
     return None
 
 
-def spatial_gates(op: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``a_h`` (N,C,H,1) and ``a_w`` (N,C,1,W) of ``SpatialSeparablePool``, whose forward is
-    ``x * a_h * a_w``: the same computation through the op's own submodules (tests compare the two)."""
-    h, w = x.shape[-2], x.shape[-1]
-    mixed = op.reduce(_Profiles.apply(x))
-    mixed_h, mixed_w = torch.split(mixed, [h, w], dim=2)
-    a_h = torch.sigmoid(op.gate_h(mixed_h))
-    a_w = torch.sigmoid(op.gate_w(mixed_w.transpose(2, 3)))
-    return a_h, a_w
-
-
 def _gate_factors(kind: str, op: nn.Module, x: Tensor) -> tuple[Tensor, ...]:
     if kind == "ssp":
-        return spatial_gates(op, x)
+        return op.gates(x)
     return (op._scale(x),)  # torchvision SqueezeExcitation: forward is _scale(x) * x
 
 
@@ -262,28 +253,6 @@ class _FusedMix(torch.autograd.Function):
         need_f = ctx.needs_input_grad[3:]
         gx, gw, gf = _backward(grad, saved, ctx.layout, weights, ctx.plan, factors, need_x, need_w, need_f)
         return (gx, gw, None, *gf)
-
-
-class _Profiles(torch.autograd.Function):
-    """``cat([mean_W(x), mean_H(x)ᵀ], dim=2)``, the input of ``SpatialSeparablePool``'s reduce
-    branch, computed as the op computes it; the backward is one broadcast add instead of two
-    divisions of expanded gradients plus their accumulation."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.size = x.shape
-        ctx.cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        profile_h = x.mean(dim=3, keepdim=True)
-        profile_w = x.mean(dim=2, keepdim=True).transpose(2, 3)
-        return torch.cat([profile_h, profile_w], dim=2)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        h, w = ctx.size[-2], ctx.size[-1]
-        out = torch.empty(ctx.size, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last if ctx.cl else torch.contiguous_format)
-        torch.add(grad[:, :, :h] / w, grad[:, :, h:].transpose(2, 3) / h, out=out)
-        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -967,22 +936,13 @@ def pool_forward(op: nn.Module, x: Tensor) -> Tensor | None:
     exactly ``op(x)`` in values and gradients; None where it does not apply (then run ATen's)."""
     if x.device.type != "cpu" or default_backend(x.device) != "shift" or not x.is_floating_point():
         return None
-    if torch.jit.is_tracing() or exporting():
+    if tracing():
         return None
     plan = _pool_plan(op, x)
     if plan is None:
         return None
     one = _cached(_MAP_CACHE, ("one", x.device, x.dtype), lambda: torch.ones(1, dtype=x.dtype, device=x.device))
     return _FusedMix.apply(x, one, plan)
-
-
-def exporting() -> bool:
-    """True while ONNX export or torch.compile traces: fast paths step aside for ATen's ops."""
-    onnx = getattr(torch, "onnx", None)
-    if onnx is not None and getattr(onnx, "is_in_onnx_export", None) is not None and onnx.is_in_onnx_export():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and getattr(compiler, "is_compiling", None) is not None and compiler.is_compiling())
 
 
 class FastAvgPool2d(nn.AvgPool2d):
