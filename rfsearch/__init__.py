@@ -9,6 +9,7 @@ from rfsearch.discretize import build_child, discretize, load_child
 from rfsearch.erf import ErfMap, effective_receptive_field
 from rfsearch.errors import ConfigError, RfsearchError, RunStopped
 from rfsearch.export import export_child
+from rfsearch.inference import fold_batchnorm
 from rfsearch.ops import Candidate, register_op
 from rfsearch.report import child_report
 from rfsearch.search.loop import SearchResult, run_search
@@ -42,6 +43,7 @@ __all__ = [
     "discretize",
     "effective_receptive_field",
     "export_child",
+    "fold_batchnorm",
     "load_child",
     "load_space",
     "register_op",
