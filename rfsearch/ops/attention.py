@@ -65,10 +65,13 @@ class SpatialSeparablePool(nn.Module):
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``a_h`` (N,C,H,1) and ``a_w`` (N,C,1,W): the forward is ``x · a_h · a_w``."""
         h = x.shape[-2]
-        reduced = _pointwise(self.reduce[0], separable_profiles(x))
-        mixed = self.reduce[1:](reduced.unsqueeze(-1)).squeeze(-1)  # BN (or what replaced it) and the activation
-        a_h = torch.sigmoid(_pointwise(self.gate_h, mixed[:, :, :h]))
-        a_w = torch.sigmoid(_pointwise(self.gate_w, mixed[:, :, h:]))
+        mixed = _pointwise(self.reduce[0], separable_profiles(x)).unsqueeze(-1)
+        for i, layer in enumerate(self.reduce):  # BN (or what replaced it) and the activation, as 1-wide maps
+            if i:
+                mixed = layer(mixed)
+        mixed = mixed.squeeze(-1)
+        a_h = _pointwise(self.gate_h, mixed[:, :, :h]).sigmoid_()
+        a_w = _pointwise(self.gate_w, mixed[:, :, h:]).sigmoid_()
         return a_h.unsqueeze(-1), a_w.unsqueeze(-2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,9 +82,11 @@ class SpatialSeparablePool(nn.Module):
 
 
 def _pointwise(conv: nn.Conv2d, z: Tensor) -> Tensor:
-    """A 1×1 ``conv`` applied to (N, C_in, L): (N, C_out, L)."""
-    out = torch.matmul(conv.weight.flatten(1), z)
-    return out if conv.bias is None else out + conv.bias.unsqueeze(-1)
+    """A 1×1 ``conv`` applied to (N, C_in, L): (N, C_out, L), bias included, in one batched product."""
+    weight = conv.weight.flatten(1).expand(z.shape[0], -1, -1)
+    if conv.bias is None:
+        return torch.bmm(weight, z)
+    return torch.baddbmm(conv.bias.view(1, -1, 1), weight, z)
 
 
 def separable_profiles(x: Tensor) -> Tensor:
