@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
@@ -206,6 +207,31 @@ def supernet_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
         if all(v is not None for v in peaks.values()):
             rows.append(Row("memory", f"peak memory {res}px bs{x.shape[0]}", "supernet", "backbone", peaks["supernet"], peaks["backbone"], "B", MEMORY_TARGET))
             rows.append(Row("memory", f"peak memory {res}px bs{x.shape[0]} (plain sum, before)", "supernet (plain sum)", "backbone", peaks["supernet (plain sum)"], peaks["backbone"], "B", None))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# 2a. The memory format the loops use: NHWC against NCHW, same models, same batches
+# --------------------------------------------------------------------------------------------
+
+
+def layout_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
+    """The backbone's and the supernet's train step in channels_last / in the default layout, side
+    by side: the measurement behind ``train.channels_last`` (on by default, on CPU too)."""
+    backbone, supernet, _ = build_pair(dataclasses.replace(settings, channels_last=False))
+    nhwc = dataclasses.replace(settings, channels_last=True)
+    nchw = dataclasses.replace(settings, channels_last=False)
+    rows: list[Row] = []
+    for res in settings.resolutions:
+        fns = {}
+        for layout, s in (("NHWC", nhwc), ("NCHW", nchw)):
+            x, y = batch(s, res)
+            for name, model in (("backbone", backbone), ("supernet", supernet)):
+                fns[f"{name} {layout}"] = train_step(_place(copy.deepcopy(model), s), s, x, y)
+        log(f"train step at {res} px in NHWC and NCHW, batch {settings.batch}: {settings.rounds} rounds")
+        timings = compare(fns, settings.rounds, settings.warmup, settings.device)
+        for name in ("backbone", "supernet"):
+            rows.append(_ratio_row("layout", f"train step {res}px bs{settings.batch}: {name}, NHWC / NCHW", timings, f"{name} NHWC", f"{name} NCHW", None))
     return rows
 
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.cases import Row, Settings, child_rows, pmpl_search, pmpl_steps, supernet_steps
+from benchmarks.cases import Row, Settings, child_rows, layout_steps, pmpl_search, pmpl_steps, supernet_steps
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="rfsearch performance ratios, measured side by side")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     p.add_argument("--quick", action="store_true", help="fewer rounds and a shorter search: a smoke run, not for the record")
-    p.add_argument("--only", default="step,search,child", help="comma-separated parts: step (supernet step + memory), pmpl-step (PMPL's step, after_alpha vs reuse), search, child")
+    p.add_argument("--only", default="step,search,child", help="comma-separated parts: step (supernet step + memory), layout (NHWC / NCHW steps), pmpl-step (PMPL's step, after_alpha vs reuse), search, child")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every number to FILE")
     p.add_argument("--compare", type=Path, default=None, metavar="OTHER.json", help="then print this run beside an earlier run's --json file, row by row")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per comparison (default 7; quick 3)")
@@ -31,7 +31,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--search-repeats", type=int, default=None, help="searches per variant (default 1)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (CUDA only; default on for CUDA)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of spaces/mbv2_metapool.yaml for the step and search parts, as rfsearch --set does (repeatable)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC tensors and models (default on for CUDA, off on CPU, as the search loop does)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC tensors and models (default on, as the search loop does)")
     return p.parse_args(argv)
 
 
@@ -50,7 +50,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
     s.search_steps = args.search_steps or (8 if args.quick else None)
     s.search_repeats = args.search_repeats or 1
     s.amp = cuda if args.amp is None else (args.amp and cuda)
-    s.channels_last = cuda if args.channels_last is None else args.channels_last
+    s.channels_last = True if args.channels_last is None else args.channels_last
     s.overrides = tuple(args.overrides)
     return s
 
@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     settings = settings_of(args)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    unknown = parts - {"step", "pmpl-step", "search", "child"}
+    unknown = parts - {"step", "layout", "pmpl-step", "search", "child"}
     if unknown:
-        raise SystemExit(f"unknown part(s) {sorted(unknown)}; choose from step, pmpl-step, search, child")
+        raise SystemExit(f"unknown part(s) {sorted(unknown)}; choose from step, layout, pmpl-step, search, child")
 
     def log(message: str) -> None:
         print(f"  · {message}", file=sys.stderr, flush=True)
@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     arch = None
     if "step" in parts:
         rows += supernet_steps(settings, log)
+    if "layout" in parts:
+        rows += layout_steps(settings, log)
     if "pmpl-step" in parts:
         rows += pmpl_steps(settings, log)
     if "search" in parts:

@@ -103,3 +103,18 @@ def test_child_part_reports_folded_and_onnx_rows_for_every_child() -> None:
     onnx = names["latency 32px bs2: all global, ONNX"]
     assert (onnx.numerator, onnx.denominator, onnx.target) == ("child (all global), onnxruntime", "child (all global)", 1.0)
     assert all(r.num > 0 and r.den > 0 and math.isfinite(r.ratio) for r in rows)
+
+
+def test_layout_part_times_each_model_in_both_memory_formats_side_by_side() -> None:
+    import math
+
+    from benchmarks.cases import layout_steps
+
+    s = settings_of(parse(["--rounds", "1", "--set", "backbone.kwargs.width_mult=0.25"]))
+    s.warmup, s.resolutions, s.batch = 0, (16,), 2
+    rows = layout_steps(s, lambda line: None)
+    assert [(r.name, r.numerator, r.denominator) for r in rows] == [
+        ("train step 16px bs2: backbone, NHWC / NCHW", "backbone NHWC", "backbone NCHW"),
+        ("train step 16px bs2: supernet, NHWC / NCHW", "supernet NHWC", "supernet NCHW"),
+    ]
+    assert all(r.num > 0 and r.den > 0 and math.isfinite(r.ratio) for r in rows)

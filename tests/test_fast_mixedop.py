@@ -225,7 +225,7 @@ def conv_ssp(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", [(2, 16, 5, 7), (1, 16, 1, 6), (3, 16, 9, 9)], ids=lambda s: "x".join(map(str, s)))
-def test_global_op_matches_its_convolution_form(shape, channels_last, train) -> None:
+def test_global_op_matches_the_papers_form(shape, channels_last, train) -> None:
     torch.manual_seed(11)
     ref = get_op("global").build(16, {}).double().train(train)
     nn.init.normal_(ref.reduce[1].weight), nn.init.normal_(ref.reduce[1].bias)

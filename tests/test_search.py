@@ -127,3 +127,17 @@ def test_strategy_flag_switches_a_pmpl_space_and_names_what_it_drops(tmp_path: P
     bad = subprocess.run([*_search_cli(tmp_path / "b"), "--strategy", "nope"], timeout=600, capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "unknown strategy 'nope'" in bad.stdout + bad.stderr
+
+
+def test_runs_place_models_and_batches_in_the_memory_format_the_space_asks_for_on_cpu() -> None:
+    from rfsearch.space.schema import TrainConfig
+    from rfsearch.train.engine import to_device
+    from rfsearch.train.setup import RunSetup
+
+    batch = (torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
+    for channels_last in (True, False):
+        run = RunSetup.start("search", TrainConfig(device="cpu", channels_last=channels_last), None)
+        conv = run.place(torch.nn.Conv2d(3, 4, 3))
+        x, _ = to_device(batch, run.device, run.channels_last)
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert x.is_contiguous(memory_format=torch.channels_last) == channels_last

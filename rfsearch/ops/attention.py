@@ -46,10 +46,9 @@ class CBAMParams(StrictModel):
 class SpatialSeparablePool(nn.Module):
     """Pool along W and along H, mix the two profiles jointly, gate the input with both.
 
-    ``reduce`` and the gates are 1×1 convolutions over the (H+W)-long profile; they run as matrix
-    products on those modules' weights (same parameters, state dict and results): ATen's
-    convolution costs a whole dispatch for a few thousand multiply-adds, which made the op's small
-    tensors dearer than its full-size gating at batch 1."""
+    ``reduce`` and the gates are 1×1 convolutions over the (H+W, 1) profile. (As batched matrix
+    products on the same weights they were as fast at inference and 10-20 % slower to train:
+    the weight gradient of an expanded weight is a batch of products, docs/performance.md.)"""
 
     def __init__(self, channels: int, reduction: int = 32, min_channels: int = 8) -> None:
         super().__init__()
@@ -65,28 +64,14 @@ class SpatialSeparablePool(nn.Module):
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``a_h`` (N,C,H,1) and ``a_w`` (N,C,1,W): the forward is ``x · a_h · a_w``."""
         h = x.shape[-2]
-        mixed = _pointwise(self.reduce[0], separable_profiles(x)).unsqueeze(-1)
-        for i, layer in enumerate(self.reduce):  # BN (or what replaced it) and the activation, as 1-wide maps
-            if i:
-                mixed = layer(mixed)
-        mixed = mixed.squeeze(-1)
-        a_h = _pointwise(self.gate_h, mixed[:, :, :h]).sigmoid_()
-        a_w = _pointwise(self.gate_w, mixed[:, :, h:]).sigmoid_()
-        return a_h.unsqueeze(-1), a_w.unsqueeze(-2)
+        mixed = self.reduce(separable_profiles(x).unsqueeze(-1))
+        return self.gate_h(mixed[:, :, :h]).sigmoid_(), self.gate_w(mixed[:, :, h:]).sigmoid_().transpose(-1, -2)
 
     def forward(self, x: Tensor) -> Tensor:
         a_h, a_w = self.gates(x)
         y = x * a_h
         # in place where no backward will need ``y``: one full-size buffer instead of two
         return y * a_w if torch.is_grad_enabled() or tracing() else y.mul_(a_w)
-
-
-def _pointwise(conv: nn.Conv2d, z: Tensor) -> Tensor:
-    """A 1×1 ``conv`` applied to (N, C_in, L): (N, C_out, L), bias included, in one batched product."""
-    weight = conv.weight.flatten(1).expand(z.shape[0], -1, -1)
-    if conv.bias is None:
-        return torch.bmm(weight, z)
-    return torch.baddbmm(conv.bias.view(1, -1, 1), weight, z)
 
 
 def separable_profiles(x: Tensor) -> Tensor:
