@@ -118,3 +118,16 @@ def test_layout_part_times_each_model_in_both_memory_formats_side_by_side() -> N
         ("train step 16px bs2: supernet, NHWC / NCHW", "supernet NHWC", "supernet NCHW"),
     ]
     assert all(r.num > 0 and r.den > 0 and math.isfinite(r.ratio) for r in rows)
+
+
+@pytest.mark.filterwarnings("ignore:.*candidates that coincide")
+def test_pmpl_step_part_compares_the_papers_order_with_reuse_on_one_row() -> None:
+    import math
+
+    from benchmarks.cases import pmpl_steps
+
+    s = settings_of(parse(["--rounds", "1", "--set", "backbone.kwargs.width_mult=0.25", "--set", "backbone.input_size=16"]))
+    s.warmup, s.batch = 0, 2
+    [row] = pmpl_steps(s, lambda line: None)
+    assert (row.name, row.numerator, row.denominator) == ("PMPL step 16px bs2, weight gradient at the new α / reused", "after_alpha", "reuse")
+    assert row.num > 0 and row.den > 0 and math.isfinite(row.ratio)
