@@ -182,7 +182,7 @@ class TrainConfig(StrictModel):
     retrain: RetrainRecipe = RetrainRecipe()
     device: str = Field("auto", description="auto (cuda if present, else cpu), cpu, cuda, cuda:1, …")
     amp: bool = Field(True, description="bfloat16/float16 autocast on CUDA; ignored on CPU")
-    channels_last: bool = Field(True, description="NHWC memory format for models and batches, on CUDA and CPU alike (faster on both: docs/performance.md)")
+    channels_last: bool = Field(True, description="NHWC memory format for models and batches, on CUDA and CPU alike (measured faster on CPU: docs/performance.md)")
     seed: int = 0
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
     sync_bn: bool = Field(False, description="SyncBatchNorm under torchrun")

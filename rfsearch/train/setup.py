@@ -69,7 +69,7 @@ class RunSetup:
         return self.run_dir
 
     def place(self, model: nn.Module) -> nn.Module:
-        """The model on the device, NHWC unless the space turns it off (measured faster on CUDA and on x86 CPUs: docs/performance.md)."""
+        """The model on the device, NHWC unless the space turns it off (the usual choice on CUDA; measured faster on this project's x86 CPU: docs/performance.md)."""
         return model.to(self.device, memory_format=torch.channels_last) if self.channels_last else model.to(self.device)
 
     def sync_bn(self, model: nn.Module) -> nn.Module:
