@@ -54,19 +54,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from rfsearch.ops import native
 from rfsearch.ops.tracing import tracing
 
 __all__ = ["FastAvgPool2d", "FastMaxPool2d", "Plan", "classify", "default_backend", "fused_mix", "pool_forward"]
 
-_BACKENDS = ("shift", "stock")
+_BACKENDS = ("native", "shift", "stock")
 
 
 def default_backend(device: torch.device) -> str:
-    """``RFSEARCH_MIX_BACKEND`` (shift|stock) if set, else shift on CPU and stock elsewhere."""
+    """``RFSEARCH_MIX_BACKEND`` (native|shift|stock) if set, else native on CPU (shift where no C
+    compiler is found) and stock elsewhere."""
     forced = os.environ.get("RFSEARCH_MIX_BACKEND")
     if forced in _BACKENDS:
         return forced
-    return "shift" if device.type == "cpu" else "stock"
+    if device.type != "cpu":
+        return "stock"
+    return "native" if native.available() else "shift"
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +216,10 @@ def fused_mix(ops: Sequence[nn.Module], weights: Tensor, x: Tensor, backend: str
     mx = tuple(sorted(k[1:] for k in keys if k[0] == "max"))
     identity = ("id",) in keys
     gate_factors = [_gate_factors(kind, ops[i], x) for i, kind in gates]
-    plan = Plan(identity, avg, mx, tuple(len(f) for f in gate_factors), backend)
+    gate_counts = tuple(len(f) for f in gate_factors)
+    if backend == "native" and not (native.available() and native.supports(x, gate_counts, [f for fs in gate_factors for f in fs])):
+        backend = "shift"  # float64, bfloat16 and unknown gate shapes
+    plan = Plan(identity, avg, mx, gate_counts, backend)
     order: list[list[int]] = ([keys[("id",)]] if identity else []) + [keys[("avg", *a)] for a in avg] + [keys[("max", *m)] for m in mx] + [[i] for i, _ in gates]
     k = weights.shape[0]
     if all(len(g) == 1 for g in order) and [g[0] for g in order] == list(range(k)):
@@ -533,6 +540,8 @@ def _forward(x: Tensor, weights: Tensor, plan: Plan, factors: Sequence[Tensor]) 
     when it made one (the input is then free), else the input."""
     if plan.backend == "stock":
         return _forward_stock(x, weights, plan, factors), x, None
+    if plan.backend == "native":
+        return native.forward(x, weights, plan.identity, plan.avg, plan.max, plan.gates, factors), x, None
     nhwc, cl = _choose_nhwc(x, plan), _is_cl(x)
     if not nhwc and not x.is_contiguous():
         x = x.contiguous()
@@ -668,6 +677,8 @@ def _backward(
 ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]]:
     if plan.backend == "stock":
         return _backward_stock(grad, saved, weights, plan, factors, need_x, need_w, need_f)
+    if plan.backend == "native":
+        return native.backward(saved, grad, weights, plan.identity, plan.avg, plan.max, plan.gates, factors, need_x, need_w, need_f)
     nhwc, cl, shape = layout
     lay = _Layout(nhwc)
     n, c, h, w = shape

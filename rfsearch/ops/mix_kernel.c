@@ -1,0 +1,441 @@
+/* The fused mix of rfsearch.ops.fused in one pass per tile: rfsearch.ops.native compiles this file
+ * on first use and calls it through ctypes (float32, CPU, channels_last). A tile is one sample's
+ * map for a block of channels, sized to stay in cache; every candidate of the point is computed
+ * from it, with the channels as the contiguous (vectorised) inner loop, where the shift backend
+ * makes ~100 passes over the whole tensor. Same results as the plain weighted sum of nn modules:
+ *
+ *   identity and gates   y = S ⊙ x, S = w_id + Σ_g v_g · A_g(i, c) · B_g(j, c)   (or v_g · s_g(c))
+ *   average pooling      clipped box sums (zero padding) times 1/count, or 1/k² (count_include_pad)
+ *   max pooling          clipped window maxima; the backward routes each gradient to the window's
+ *                        first maximum in row-major order, as MaxPool2d does (ties included)
+ *
+ * plan: has_id, n_avg, (rh, rw, k)*, n_max, (rh, rw)*, n_gate, (has_b)*; weights in that order
+ * (identity, avg groups, max groups, gates). geom: n, c, h, w, then (sn, sh, sw) of each map
+ * argument; channels are contiguous (stride 1), cb of them per tile. Gate factors are pixel-major: A (n, h, c), B
+ * (n, w, c), s (n, c). Weight gradients are written per tile (float64) and summed by the caller
+ * in tile order, so no result depends on the number of threads. */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int has_id, n_avg, n_max, n_gate, n_weights;
+    const int64_t *avg, *max, *has_b;
+} Plan;
+
+static Plan read_plan(const int64_t *p) {
+    Plan plan;
+    int at = 0;
+    plan.has_id = (int)p[at++];
+    plan.n_avg = (int)p[at++];
+    plan.avg = p + at;
+    at += 3 * plan.n_avg;
+    plan.n_max = (int)p[at++];
+    plan.max = p + at;
+    at += 2 * plan.n_max;
+    plan.n_gate = (int)p[at++];
+    plan.has_b = p + at;
+    plan.n_weights = plan.has_id + plan.n_avg + plan.n_max + plan.n_gate;
+    return plan;
+}
+
+typedef struct {
+    int64_t n, c, h, w;
+} Shape;
+
+typedef struct {
+    int64_t sn, sh, sw;
+} Strides;
+
+static inline float fmax_nan(float a, float b) { return ((a > b) | (a != a)) ? a : b; }
+
+/* A tile: h × w pixels of `len` channels, pixel-major (pixel (i, j) at (i * w + j) * len), so a
+ * row of the map is one contiguous run of w * len floats and a shift by d pixels is a shift by
+ * d * len: the loops below run along whole rows and vectorise. */
+typedef struct {
+    int h, w, cb, len;
+    size_t size;
+    float *x, *g, *acc, *rows, *tmp, *vec, *slab;
+    int32_t *col, *jidx;
+} Tile;
+
+static int tile_init(Tile *t, int h, int w, int cb) {
+    t->h = h; t->w = w; t->cb = cb;
+    t->size = (size_t)h * w * cb;
+    size_t line = (size_t)(h > w ? h : w) * cb;
+    t->x = malloc(t->size * sizeof(float));
+    t->g = malloc(t->size * sizeof(float));
+    t->acc = malloc(t->size * sizeof(float));
+    t->rows = malloc(t->size * sizeof(float));
+    t->tmp = malloc(t->size * sizeof(float));
+    t->vec = malloc(2 * line * sizeof(float));
+    t->slab = malloc(line * sizeof(float));
+    t->col = malloc(t->size * sizeof(int32_t));
+    t->jidx = malloc((size_t)w * cb * sizeof(int32_t));
+    return t->x && t->g && t->acc && t->rows && t->tmp && t->vec && t->slab && t->col && t->jidx;
+}
+
+static void tile_free(Tile *t) {
+    free(t->x); free(t->g); free(t->acc); free(t->rows); free(t->tmp); free(t->vec); free(t->slab); free(t->col); free(t->jidx);
+}
+
+static void tile_start(Tile *t, int len) {
+    t->len = len;
+    for (int j = 0; j < t->w; j++)
+        for (int c = 0; c < len; c++) t->jidx[j * len + c] = j;
+}
+
+#define ROW(t, buf, i) ((buf) + (size_t)(i) * (t)->w * (t)->len)
+#define PIX(t, buf, i, j) ((buf) + ((size_t)(i) * (t)->w + (j)) * (t)->len)
+
+/* Copies between a tile and the map: whole rows at once where the tile holds every channel. */
+static void load(Tile *t, const float *src, Strides s, float *dst) {
+    for (int i = 0; i < t->h; i++) {
+        if (s.sw == t->len) { memcpy(ROW(t, dst, i), src + i * s.sh, (size_t)t->w * t->len * sizeof(float)); continue; }
+        for (int j = 0; j < t->w; j++) memcpy(PIX(t, dst, i, j), src + i * s.sh + j * s.sw, (size_t)t->len * sizeof(float));
+    }
+}
+
+static void store(Tile *t, const float *src, float *dst, Strides s) {
+    for (int i = 0; i < t->h; i++) {
+        if (s.sw == t->len) { memcpy(dst + i * s.sh, ROW(t, src, i), (size_t)t->w * t->len * sizeof(float)); continue; }
+        for (int j = 0; j < t->w; j++) memcpy(dst + i * s.sh + j * s.sw, PIX(t, src, i, j), (size_t)t->len * sizeof(float));
+    }
+}
+
+static void add_(float *restrict o, const float *restrict a, size_t n) {
+    for (size_t e = 0; e < n; e++) o[e] += a[e];
+}
+
+static void max_(float *restrict o, const float *restrict a, size_t n) {
+    for (size_t e = 0; e < n; e++) o[e] = fmax_nan(o[e], a[e]);
+}
+
+/* rows = clipped row-window sums (op 0) or maxima (op 1) of src with radius r, grown in place
+ * from radius r0 (0: start from src). Pixel j gets pixel j - d from the left (j >= d) and pixel
+ * j + d from the right (j + d < w): two runs of (w - d) pixels per row. */
+static void row_windows(Tile *t, const float *src, int r0, int r, int op) {
+    size_t line = (size_t)t->w * t->len;
+    if (r0 == 0) memcpy(t->rows, src, (size_t)t->h * line * sizeof(float));
+    for (int d = r0 + 1; d <= r && d < t->w; d++) {
+        size_t shift = (size_t)d * t->len, n = line - shift;
+        for (int i = 0; i < t->h; i++) {
+            float *o = ROW(t, t->rows, i);
+            const float *a = ROW(t, src, i);
+            if (op) { max_(o + shift, a, n); max_(o, a + shift, n); }
+            else { add_(o + shift, a, n); add_(o, a + shift, n); }
+        }
+    }
+}
+
+/* out row i = the clipped column window (radius r) of rows, summed (op 0) or maximal (op 1). */
+static void col_windows(Tile *t, int r, int op, float *out) {
+    size_t line = (size_t)t->w * t->len;
+    for (int i = 0; i < t->h; i++) {
+        int lo = i - r < 0 ? 0 : i - r, hi = i + r > t->h - 1 ? t->h - 1 : i + r;
+        float *o = ROW(t, out, i);
+        memcpy(o, ROW(t, t->rows, lo), line * sizeof(float));
+        for (int ii = lo + 1; ii <= hi; ii++) {
+            if (op) max_(o, ROW(t, t->rows, ii), line);
+            else add_(o, ROW(t, t->rows, ii), line);
+        }
+    }
+}
+
+/* 1 / (pixels of the clipped window) along one axis, or 1/k for count_include_pad (k² split). */
+static void divisors(int n, int r, int k, float *out) {
+    for (int i = 0; i < n; i++) {
+        int lo = i - r < 0 ? 0 : i - r, hi = i + r > n - 1 ? n - 1 : i + r;
+        out[i] = k ? 1.f / (float)k : 1.f / (float)(hi - lo + 1);
+    }
+}
+
+/* The identity and the gates: out = S ⊙ src, one row of S at a time. */
+static void apply_scale(Tile *t, const Plan *p, const float *weights, const float *const *factors, int64_t ni, int64_t c0,
+                        const Shape *sh, const float *src, float *out) {
+    int h = t->h, w = t->w, len = t->len, first_gate = p->has_id + p->n_avg + p->n_max;
+    size_t line = (size_t)w * len;
+    float *restrict base = t->vec, *restrict srow = t->vec + line;
+    for (int c = 0; c < len; c++) base[c] = p->has_id ? weights[0] : 0.f;
+    for (int g = 0; g < p->n_gate; g++) {
+        if (p->has_b[g]) continue;
+        const float *s = factors[2 * g] + ni * sh->c + c0;
+        float v = weights[first_gate + g];
+        for (int c = 0; c < len; c++) base[c] += v * s[c];
+    }
+    for (int j = 1; j < w; j++) memcpy(base + (size_t)j * len, base, (size_t)len * sizeof(float));
+    for (int i = 0; i < h; i++) {
+        memcpy(srow, base, line * sizeof(float));
+        for (int g = 0; g < p->n_gate; g++) {
+            if (!p->has_b[g]) continue;
+            const float *restrict a = factors[2 * g] + (ni * sh->h + i) * sh->c + c0;
+            float v = weights[first_gate + g];
+            for (int j = 0; j < w; j++) {
+                const float *restrict b = factors[2 * g + 1] + (ni * sh->w + j) * sh->c + c0;
+                float *restrict o = srow + (size_t)j * len;
+                for (int c = 0; c < len; c++) o[c] += v * a[c] * b[c];
+            }
+        }
+        float *restrict o = ROW(t, out, i);
+        const float *restrict x = ROW(t, src, i);
+        for (size_t e = 0; e < line; e++) o[e] = srow[e] * x[e];
+    }
+}
+
+/* out += weight · D ⊙ win, D(i, j) = dh[i] · dw[j] (none: 1). */
+static void add_scaled(Tile *t, float *out, float weight, const float *dh, const float *dw, const float *win) {
+    size_t line = (size_t)t->w * t->len;
+    float *restrict coef = t->slab;
+    for (int i = 0; i < t->h; i++) {
+        for (int j = 0; j < t->w; j++)
+            for (int c = 0; c < t->len; c++) coef[(size_t)j * t->len + c] = weight * (dh ? dh[i] * dw[j] : 1.f);
+        float *restrict o = ROW(t, out, i);
+        const float *restrict a = ROW(t, win, i);
+        for (size_t e = 0; e < line; e++) o[e] += coef[e] * a[e];
+    }
+}
+
+static double dot(const Tile *t, const float *restrict a, const float *restrict b) {
+    double total = 0.0;
+    size_t line = (size_t)t->w * t->len;
+    for (int i = 0; i < t->h; i++) {
+        float s = 0.f;
+#pragma omp simd reduction(+ : s)
+        for (size_t e = 0; e < line; e++) s += a[(size_t)i * line + e] * b[(size_t)i * line + e];
+        total += s;
+    }
+    return total;
+}
+
+static Shape read_shape(const int64_t *geom) {
+    Shape s = {geom[0], geom[1], geom[2], geom[3]};
+    return s;
+}
+
+static Strides read_strides(const int64_t *geom, int which) {
+    Strides s = {geom[4 + 3 * which], geom[5 + 3 * which], geom[6 + 3 * which]};
+    return s;
+}
+
+static float *make_divisors(const Plan *p, const Shape *s, int axis) {
+    int n = (int)(axis ? s->w : s->h);
+    float *out = malloc(sizeof(float) * (size_t)(p->n_avg * n + 1));
+    if (out)
+        for (int a = 0; a < p->n_avg; a++) divisors(n, (int)p->avg[3 * a + axis], (int)p->avg[3 * a + 2], out + (size_t)a * n);
+    return out;
+}
+
+void rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t *plan_data, const float *weights,
+                    const float *const *factors, int cb, int threads) {
+    Plan p = read_plan(plan_data);
+    Shape sh = read_shape(geom);
+    Strides xs = read_strides(geom, 0), ys = read_strides(geom, 1);
+    int64_t blocks = (sh.c + cb - 1) / cb, tiles = sh.n * blocks;
+    float *divh = make_divisors(&p, &sh, 0), *divw = make_divisors(&p, &sh, 1);
+#pragma omp parallel num_threads(threads)
+    {
+        Tile t;
+        int ok = tile_init(&t, (int)sh.h, (int)sh.w, cb) && divh && divw;
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < tiles; q++) {
+            if (!ok) continue;
+            int64_t ni = q / blocks, c0 = (q % blocks) * cb;
+            tile_start(&t, (int)(sh.c - c0 < cb ? sh.c - c0 : cb));
+            load(&t, x + ni * xs.sn + c0, xs, t.x);
+            apply_scale(&t, &p, weights, factors, ni, c0, &sh, t.x, t.acc);
+            int wi = p.has_id, rw_done = 0;
+            for (int a = 0; a < p.n_avg; a++, wi++) {
+                int rh = (int)p.avg[3 * a], rw = (int)p.avg[3 * a + 1];
+                row_windows(&t, t.x, rw >= rw_done ? rw_done : 0, rw, 0);
+                rw_done = rw;
+                col_windows(&t, rh, 0, t.tmp);
+                add_scaled(&t, t.acc, weights[wi], divh + (size_t)a * sh.h, divw + (size_t)a * sh.w, t.tmp);
+            }
+            rw_done = 0;
+            for (int m = 0; m < p.n_max; m++, wi++) {
+                int rh = (int)p.max[2 * m], rw = (int)p.max[2 * m + 1];
+                row_windows(&t, t.x, rw >= rw_done ? rw_done : 0, rw, 1);
+                rw_done = rw;
+                col_windows(&t, rh, 1, t.tmp);
+                add_scaled(&t, t.acc, weights[wi], NULL, NULL, t.tmp);
+            }
+            store(&t, t.acc, y + ni * ys.sn + c0, ys);
+        }
+        tile_free(&t);
+    }
+    free(divh); free(divw);
+}
+
+/* Route weight · g to each window's first maximum of x (MaxPool2d's rule) and return Σ g · max.
+ * The row pass keeps, per pixel and channel, the first column of its row window's maximum: a
+ * candidate left of the best wins ties, one right of it must be larger. The column pass does the
+ * same with rows (rows above win ties), so the winner is the first maximum in row-major order. */
+static double max_route(Tile *t, int rh, int rw, float weight) {
+    int h = t->h, w = t->w, len = t->len;
+    size_t line = (size_t)w * len;
+    for (int i = 0; i < h; i++) {
+        const float *restrict x = ROW(t, t->x, i);
+        float *restrict v = ROW(t, t->rows, i);
+        int32_t *restrict col = t->col + (size_t)i * line;
+        const int32_t *restrict jidx = t->jidx;
+        memcpy(v, x, line * sizeof(float));
+        memcpy(col, jidx, line * sizeof(int32_t));
+        for (int d = 1; d <= rw && d < w; d++) {
+            size_t shift = (size_t)d * len;
+            for (size_t e = shift; e < line; e++) {
+                float cand = x[e - shift];
+                int take = (cand >= v[e]) | (cand != cand);
+                v[e] = take ? cand : v[e];
+                col[e] = take ? jidx[e] - d : col[e];
+            }
+            for (size_t e = 0; e + shift < line; e++) {
+                float cand = x[e + shift];
+                int take = (cand > v[e]) | (cand != cand);
+                v[e] = take ? cand : v[e];
+                col[e] = take ? jidx[e] + d : col[e];
+            }
+        }
+    }
+    double total = 0.0;
+    float *restrict best = t->vec;
+    int32_t *restrict at = (int32_t *)t->tmp; /* the winner as row * w + column */
+    for (int i = 0; i < h; i++) {
+        int lo = i - rh < 0 ? 0 : i - rh, hi = i + rh > h - 1 ? h - 1 : i + rh;
+        memcpy(best, ROW(t, t->rows, i), line * sizeof(float));
+        const int32_t *restrict c0 = t->col + (size_t)i * line;
+        for (size_t e = 0; e < line; e++) at[e] = i * w + c0[e];
+        for (int r = i - 1; r >= lo; r--) { /* farther up is earlier: wins ties */
+            const float *restrict v = ROW(t, t->rows, r);
+            const int32_t *restrict col = t->col + (size_t)r * line;
+            for (size_t e = 0; e < line; e++) {
+                int take = (v[e] >= best[e]) | (v[e] != v[e]);
+                best[e] = take ? v[e] : best[e];
+                at[e] = take ? r * w + col[e] : at[e];
+            }
+        }
+        for (int r = i + 1; r <= hi; r++) { /* farther down is later: must be larger */
+            const float *restrict v = ROW(t, t->rows, r);
+            const int32_t *restrict col = t->col + (size_t)r * line;
+            for (size_t e = 0; e < line; e++) {
+                int take = (v[e] > best[e]) | (v[e] != v[e]);
+                best[e] = take ? v[e] : best[e];
+                at[e] = take ? r * w + col[e] : at[e];
+            }
+        }
+        const float *restrict g = ROW(t, t->g, i);
+        float s = 0.f;
+#pragma omp simd reduction(+ : s)
+        for (size_t e = 0; e < line; e++) s += g[e] * best[e];
+        total += s;
+        for (int j = 0; j < w; j++)
+            for (int c = 0; c < len; c++) {
+                size_t e = (size_t)j * len + c;
+                t->acc[(size_t)at[e] * len + c] += weight * g[e];
+            }
+    }
+    return total;
+}
+
+/* The gates' gradients from q = g ⊙ x: ∂A(i,c) = v Σ_j q B, ∂B(j,c) = v Σ_i q A, ∂s(c) = v Σ q;
+ * the weight's is ⟨gate, q⟩. */
+static void gate_grads(Tile *t, const Plan *p, const float *weights, const float *const *factors, float *const *gfactors,
+                       int64_t ni, int64_t c0, const Shape *sh, double *gw) {
+    int h = t->h, w = t->w, len = t->len, first_gate = p->has_id + p->n_avg + p->n_max;
+    float *restrict sum = t->vec;
+    for (int g = 0; g < p->n_gate; g++) {
+        float v = weights[first_gate + g];
+        double total = 0.0;
+        if (!p->has_b[g]) {
+            for (int c = 0; c < len; c++) sum[c] = 0.f;
+            for (int e = 0; e < h * w; e++) {
+                const float *restrict x = t->x + (size_t)e * t->cb, *restrict gr = t->g + (size_t)e * t->cb;
+                for (int c = 0; c < len; c++) sum[c] += gr[c] * x[c];
+            }
+            const float *s = factors[2 * g] + ni * sh->c + c0;
+            float *ds = gfactors[2 * g] ? gfactors[2 * g] + ni * sh->c + c0 : NULL;
+            for (int c = 0; c < len; c++) {
+                total += (double)s[c] * sum[c];
+                if (ds) ds[c] = v * sum[c];
+            }
+            gw[first_gate + g] = total;
+            continue;
+        }
+        /* rows: Σ_j q B into sum (per row), then ∂A; columns: Σ_i q A accumulated in tmp */
+        float *restrict colsum = t->tmp;
+        memset(colsum, 0, (size_t)w * t->cb * sizeof(float));
+        for (int i = 0; i < h; i++) {
+            const float *restrict a = factors[2 * g] + (ni * sh->h + i) * sh->c + c0;
+            for (int c = 0; c < len; c++) sum[c] = 0.f;
+            for (int j = 0; j < w; j++) {
+                const float *restrict b = factors[2 * g + 1] + (ni * sh->w + j) * sh->c + c0;
+                const float *restrict x = PIX(t, t->x, i, j), *restrict gr = PIX(t, t->g, i, j);
+                float *restrict cs = colsum + (size_t)j * t->cb;
+                for (int c = 0; c < len; c++) {
+                    float q = gr[c] * x[c];
+                    sum[c] += q * b[c];
+                    cs[c] += q * a[c];
+                }
+            }
+            float row_total = 0.f;
+            for (int c = 0; c < len; c++) row_total += a[c] * sum[c];
+            total += row_total;
+            if (gfactors[2 * g]) {
+                float *da = gfactors[2 * g] + (ni * sh->h + i) * sh->c + c0;
+                for (int c = 0; c < len; c++) da[c] = v * sum[c];
+            }
+        }
+        if (gfactors[2 * g + 1])
+            for (int j = 0; j < w; j++) {
+                float *db = gfactors[2 * g + 1] + (ni * sh->w + j) * sh->c + c0;
+                for (int c = 0; c < len; c++) db[c] = v * colsum[(size_t)j * t->cb + c];
+            }
+        gw[first_gate + g] = total;
+    }
+}
+
+/* gx (if not NULL) = ∂x; gw_tiles[tile * n_weights + k] = the tile's share of ∂w_k; gate factor
+ * gradients into gfactors (pixel-major like the factors) where not NULL. */
+void rf_mix_backward(const float *x, const float *g, float *gx, const int64_t *geom, const int64_t *plan_data,
+                     const float *weights, const float *const *factors, float *const *gfactors, double *gw_tiles, int cb, int threads) {
+    Plan p = read_plan(plan_data);
+    Shape sh = read_shape(geom);
+    Strides xs = read_strides(geom, 0), gs = read_strides(geom, 1), gxs = read_strides(geom, 2);
+    int64_t blocks = (sh.c + cb - 1) / cb, tiles = sh.n * blocks;
+    float *divh = make_divisors(&p, &sh, 0), *divw = make_divisors(&p, &sh, 1);
+#pragma omp parallel num_threads(threads)
+    {
+        Tile t;
+        int ok = tile_init(&t, (int)sh.h, (int)sh.w, cb) && divh && divw;
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < tiles; q++) {
+            if (!ok) continue;
+            int64_t ni = q / blocks, c0 = (q % blocks) * cb;
+            double *gw = gw_tiles + q * p.n_weights;
+            tile_start(&t, (int)(sh.c - c0 < cb ? sh.c - c0 : cb));
+            load(&t, x + ni * xs.sn + c0, xs, t.x);
+            load(&t, g + ni * gs.sn + c0, gs, t.g);
+            apply_scale(&t, &p, weights, factors, ni, c0, &sh, t.g, t.acc); /* ∂x of identity and gates */
+            if (p.has_id) gw[0] = dot(&t, t.g, t.x);
+            gate_grads(&t, &p, weights, factors, gfactors, ni, c0, &sh, gw);
+            int wi = p.has_id;
+            /* average pooling: ∂x = box(D ⊙ g) (clipped box sums are symmetric), ∂w = ⟨that, x⟩ */
+            for (int a = 0; a < p.n_avg; a++, wi++) {
+                int rh = (int)p.avg[3 * a], rw = (int)p.avg[3 * a + 1];
+                const float *dh = divh + (size_t)a * sh.h, *dw = divw + (size_t)a * sh.w;
+                memset(t.tmp, 0, (size_t)t.h * t.w * t.len * sizeof(float));
+                add_scaled(&t, t.tmp, 1.f, dh, dw, t.g);
+                row_windows(&t, t.tmp, 0, rw, 0);
+                col_windows(&t, rh, 0, t.tmp);
+                gw[wi] = dot(&t, t.tmp, t.x);
+                add_scaled(&t, t.acc, weights[wi], NULL, NULL, t.tmp);
+            }
+            for (int m = 0; m < p.n_max; m++, wi++)
+                gw[wi] = max_route(&t, (int)p.max[2 * m], (int)p.max[2 * m + 1], weights[wi]);
+            if (gx) store(&t, t.acc, gx + ni * gxs.sn + c0, gxs);
+        }
+        tile_free(&t);
+    }
+    free(divh); free(divw);
+}

@@ -1,0 +1,197 @@
+"""The ``native`` mixing backend: ``mix_kernel.c`` compiled on first use and called through ctypes.
+
+The kernel computes every candidate of a point from one cached copy of each (sample, channel)
+plane, where the shift backend makes ~100 passes over the whole tensor. It is plain C with OpenMP
+and no PyTorch headers, so it compiles in about a second (a ``torch.utils.cpp_extension`` build
+takes over a minute here, for every fresh checkout); it links the ``libgomp`` that PyTorch has
+already loaded, so both share one thread pool. The shared object is cached under
+``$RFSEARCH_CACHE_DIR`` (default ``~/.cache/rfsearch``) by a hash of the source, the compiler and
+the CPU, and written atomically. Without a C compiler (``$CC``, else ``cc``) the CPU default stays
+the shift backend, with one warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "backward", "forward", "supports"]
+
+_SOURCE = Path(__file__).with_name("mix_kernel.c")
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
+_log = logging.getLogger(__name__)
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def _cpu_id() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler ('{compiler}' not found; set CC)")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    source = _SOURCE.read_bytes()
+    digest = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), version.encode(), _cpu_id().encode()])).hexdigest()[:16]
+    cache = Path(os.environ.get("RFSEARCH_CACHE_DIR") or Path.home() / ".cache" / "rfsearch") / "kernels"
+    target = cache / f"mix_kernel-{digest}.so"
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
+        os.close(fd)
+        try:
+            done = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+            os.replace(tmp, target)  # atomic: a concurrent process sees the old state or the whole file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(target))
+    pointer, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+    lib.rf_mix_forward.argtypes = [pointer, pointer, i64p, i64p, pointer, pointer, ctypes.c_int, ctypes.c_int]
+    lib.rf_mix_forward.restype = None
+    lib.rf_mix_backward.argtypes = [pointer, pointer, pointer, i64p, i64p, pointer, pointer, pointer, pointer, ctypes.c_int, ctypes.c_int]
+    lib.rf_mix_backward.restype = None
+    return lib
+
+
+def available() -> bool:
+    """Whether the kernel is compiled and loaded (built on the first call)."""
+    global _lib, _tried
+    if not _tried:
+        _tried = True
+        try:
+            _lib = _build()
+        except (OSError, RuntimeError) as err:
+            _log.warning("rfsearch: the native mixing kernel is unavailable (%s); using the shift backend", err)
+            _lib = None
+    return _lib is not None
+
+
+def supports(x: Tensor, gates: Sequence[int], factors: Sequence[Tensor]) -> bool:
+    """float32 on CPU in channels_last (the kernel's inner loop runs along the channels), with gates
+    of the shapes it knows: (N,C,H,1)·(N,C,1,W) (the separable global op) or (N,C,1,1) (SE)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
+        return False
+    n, c, h, w = x.shape
+    if x.stride(1) != 1 and c > 1:
+        return False
+    fi = 0
+    for count in gates:
+        group = factors[fi : fi + count]
+        fi += count
+        if [tuple(f.shape) for f in group] not in ([(n, c, h, 1), (n, c, 1, w)], [(n, c, 1, 1)]):
+            return False
+        if any(f.dtype != torch.float32 for f in group):
+            return False
+    return True
+
+
+def _plan_array(identity: bool, avg, mx, gates: Sequence[int]) -> ctypes.Array:
+    values = [int(identity), len(avg), *[v for group in avg for v in group], len(mx), *[v for group in mx for v in group], len(gates), *[int(n == 2) for n in gates]]
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def _geometry(shape: Sequence[int], *tensors: Tensor) -> ctypes.Array:
+    values = [*shape] + [s for t in tensors for s in (t.stride(0), t.stride(2), t.stride(3))]
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def _pointers(tensors: Sequence[Tensor | None]) -> ctypes.Array:
+    return (ctypes.c_void_p * max(1, len(tensors)))(*[t.data_ptr() if t is not None else None for t in tensors])
+
+
+def _pixel_major(f: Tensor) -> Tensor:
+    """(N,C,H,1) → (N,H,1,C), (N,C,1,W) → (N,1,W,C), (N,C,1,1) as it is: channels innermost."""
+    return f.detach().permute(0, 2, 3, 1).contiguous()
+
+
+def _slots(gates: Sequence[int], factors: Sequence[Tensor]) -> list[Tensor | None]:
+    """Two slots per gate (A, B; B None for a per-plane gate), pixel-major."""
+    out: list[Tensor | None] = []
+    fi = 0
+    for count in gates:
+        out.append(_pixel_major(factors[fi]))
+        out.append(_pixel_major(factors[fi + 1]) if count == 2 else None)
+        fi += count
+    return out
+
+
+def _channels_last(t: Tensor) -> Tensor:
+    return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last)
+
+
+def forward(x: Tensor, weights: Tensor, identity: bool, avg, mx, gates: Sequence[int], factors: Sequence[Tensor]) -> Tensor:
+    """``Σ_k w_k · op_k(x)`` in ``x``'s memory format."""
+    y = torch.empty_like(x)
+    weights = weights.detach().float().contiguous()
+    slots = _slots(gates, factors)
+    _lib.rf_mix_forward(
+        x.data_ptr(), y.data_ptr(), _geometry(x.shape, x, y), _plan_array(identity, avg, mx, gates), weights.data_ptr(), _pointers(slots), _channel_block(x.shape), torch.get_num_threads()
+    )
+    return y
+
+
+def backward(
+    x: Tensor, grad: Tensor, weights: Tensor, identity: bool, avg, mx, gates: Sequence[int], factors: Sequence[Tensor], need_x: bool, need_w: bool, need_f: Sequence[bool]
+) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]]:
+    """(∂x in ``x``'s memory format, ∂weights, ∂factors) of ``forward``."""
+    grad = _channels_last(grad)
+    gx = torch.empty_like(x) if need_x else None
+    n_weights = int(identity) + len(avg) + len(mx) + len(gates)
+    block = _channel_block(x.shape)
+    tiles = x.shape[0] * -(-x.shape[1] // block)
+    gw_tiles = torch.zeros(tiles, n_weights, dtype=torch.float64)
+    weights_c = weights.detach().float().contiguous()
+    slots = _slots(gates, factors)
+    grad_slots = [torch.empty_like(s) if s is not None and want else None for s, want in zip(slots, _slot_wants(gates, need_f))]
+    _lib.rf_mix_backward(
+        x.data_ptr(), grad.data_ptr(), gx.data_ptr() if gx is not None else None, _geometry(x.shape, x, grad, gx if gx is not None else x),
+        _plan_array(identity, avg, mx, gates), weights_c.data_ptr(), _pointers(slots), _pointers(grad_slots), gw_tiles.data_ptr(), block, torch.get_num_threads(),
+    )
+    gw = gw_tiles.sum(0).to(weights.dtype) if need_w else None
+    gf: list[Tensor | None] = []
+    for j, count in enumerate(gates):
+        for a in range(count):
+            piece = grad_slots[2 * j + a]
+            gf.append(piece.permute(0, 3, 1, 2) if piece is not None else None)
+    return gx, gw, gf
+
+
+def _slot_wants(gates: Sequence[int], need_f: Sequence[bool]) -> list[bool]:
+    wants: list[bool] = []
+    fi = 0
+    for count in gates:
+        wants.extend([need_f[fi], count == 2 and need_f[fi + 1]])
+        fi += count
+    return wants
+
+
+TILE_FLOATS = 8192
+
+
+def _channel_block(shape: Sequence[int]) -> int:
+    """Channels per tile: about ``TILE_FLOATS`` floats per tile buffer, so that a tile's few
+    buffers stay in the core's L2 cache; a multiple of 8 (one AVX2 vector) where it can be."""
+    block = TILE_FLOATS // (shape[2] * shape[3])
+    block = 8 if block < 8 else block - block % 8
+    return min(block, shape[1])

@@ -1,0 +1,155 @@
+"""The native mixing kernel (rfsearch/ops/mix_kernel.c) against the plain weighted sum, and the
+guarantees around it: used where it applies (float32, channels_last), exact ties, the same bits
+for any number of threads, and the shift backend when no compiler is there."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from rfsearch.ops import native
+from rfsearch.ops.registry import get_op
+from rfsearch.supernet import MixedOp
+from test_fast_mixedop import SHAPES, assert_same, pair, run
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernel cannot be built")
+
+NHWC = torch.channels_last
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the kernel's forward and backward calls."""
+    counts = {"forward": 0, "backward": 0}
+    for name in counts:
+        real = getattr(native, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            counts[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(native, name, spy)
+    return counts
+
+
+def inputs(shape, seed: int, layout=NHWC) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    x, g = torch.rand(shape) * 6 - 1, torch.randn(shape)
+    return x.contiguous(memory_format=layout), g.contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(2, 20, 6, 6), (1, 3, 33, 31)], ids=lambda s: "x".join(map(str, s)))
+def test_same_forward_and_gradients_as_the_weighted_sum(shape, calls) -> None:
+    """Every candidate (skip, avg/max 3/5/7, global, and avg 5 with count_include_pad) on odd, thin
+    and clipped maps; a channel count that leaves a partial channel block; the output in the
+    input's memory format."""
+    ref, fast = pair(shape[1], torch.float32, backend="native", extra={"avg5_incl": nn.AvgPool2d(5, 1, 2, count_include_pad=True)})
+    x, g = inputs(shape, 1)
+    a, b = run(ref, x, g), run(fast, x, g)
+    assert_same(a, b, torch.float32)
+    assert b[0].is_contiguous(memory_format=NHWC)
+    assert calls["forward"] == 1 and calls["backward"] == 1
+
+
+def test_channel_blocks_give_the_same_result(monkeypatch) -> None:
+    """Tiles of 8 channels (three blocks, the last partial) against one tile of all 20."""
+    ref, fast = pair(20, torch.float32, backend="native")
+    again = copy.deepcopy(fast)
+    x, g = inputs((2, 20, 9, 7), 2)
+    whole = run(fast, x, g)
+    monkeypatch.setattr(native, "TILE_FLOATS", 8 * 9 * 7)
+    assert native._channel_block(x.shape) == 8
+    blocks = run(again, x, g)
+    assert_same(run(ref, x, g), blocks, torch.float32)
+    assert_same(whole, blocks, torch.float32)
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("shape", [(2, 4, 7, 7), (1, 3, 5, 9), (2, 3, 16, 16), (2, 3, 2, 6), (2, 3, 4, 4), (2, 3, 13, 2)], ids=lambda s: "x".join(map(str, s)))
+def test_ties_route_the_gradient_to_the_same_element_as_maxpool(shape, k, calls) -> None:
+    """Integer inputs tie everywhere: each gradient goes to the window's first maximum in
+    row-major order, exactly as MaxPool2d sends it; -inf inputs and ±0 too."""
+    torch.manual_seed(k)
+    ref = MixedOp({"m": nn.MaxPool2d(k, 1, k // 2), "s": nn.Identity()}, 1.0, fast=False)
+    fast = copy.deepcopy(ref)
+    fast.fast, fast.backend = True, "native"
+    for values in (2, 3):
+        x = torch.randint(0, values, shape).float()
+        if values == 3:
+            x[x == 2] = float("-inf")
+            x[..., 0, :] = -0.0
+        x = x.contiguous(memory_format=NHWC)
+        g = torch.randn(shape)
+        a, b = run(ref, x, g), run(fast, x, g)
+        torch.testing.assert_close(b[1], a[1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(b[0], a[0], atol=0, rtol=0)
+    assert calls["backward"] == 2
+
+
+def test_gradient_for_alpha_only_and_squeeze_excitation(calls) -> None:
+    ref, fast = pair(8, torch.float32, backend="native", extra={"se": get_op("se").build(8, {})})
+    x, g = inputs((2, 8, 6, 7), 3)
+    (ga,) = torch.autograd.grad((ref(x) * g).sum(), [ref.alpha])
+    (gb,) = torch.autograd.grad((fast(x) * g).sum(), [fast.alpha])
+    torch.testing.assert_close(gb, ga, atol=2e-5, rtol=1e-4)
+    ref.zero_grad(), fast.zero_grad()
+    assert_same(run(ref, x, g), run(fast, x, g), torch.float32)
+    assert calls["backward"] == 2
+
+
+def test_results_do_not_depend_on_the_number_of_threads() -> None:
+    """The kernel alone (the gates' convolutions are oneDNN's): the weight gradients are summed per
+    tile in tile order, so 1 and 2 threads give the same bits."""
+    n, c, h, w = 8, 16, 12, 12
+    x, g = inputs((n, c, h, w), 4)
+    factors = [torch.rand(n, c, h, 1), torch.rand(n, c, 1, w), torch.rand(n, c, 1, 1)]
+    weights = torch.rand(9)
+    plan = (True, ((1, 1, 0), (2, 2, 3)), ((1, 1), (2, 2), (3, 3)), (2, 1))
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            y = native.forward(x, weights, *plan, factors)
+            gx, gw, gf = native.backward(x, g, weights, *plan, factors, True, True, [True, True, True])
+            results.append([y, gx, gw, *gf])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_other_inputs_use_the_shift_backend(calls) -> None:
+    """NCHW float32 and float64 are not the kernel's: they run the shift backend, as exactly."""
+    for dtype, layout in ((torch.float32, torch.contiguous_format), (torch.float64, NHWC)):
+        ref, fast = pair(8, dtype, backend="native")
+        x, g = inputs((2, 8, 7, 7), 5, layout)
+        assert_same(run(ref, x.to(dtype), g.to(dtype)), run(fast, x.to(dtype), g.to(dtype)), dtype)
+    assert calls["forward"] == 0
+
+
+def test_without_a_compiler_the_default_is_the_shift_backend(tmp_path) -> None:
+    code = "import torch; from rfsearch.ops.fused import default_backend; print(default_backend(torch.device('cpu')))"
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "RFSEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("RFSEARCH_MIX_BACKEND", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "shift"
+    assert "native mixing kernel is unavailable" in done.stderr and "no C compiler" in done.stderr
+    assert not (tmp_path / "cache" / "kernels").exists() or not any((tmp_path / "cache" / "kernels").glob("*.so"))
+
+
+def test_the_kernel_is_built_once_into_its_cache(tmp_path) -> None:
+    code = "from rfsearch.ops import native; print(native.available())"
+    env = {**os.environ, "RFSEARCH_CACHE_DIR": str(tmp_path)}
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == "True", done.stderr
+    built = list((tmp_path / "kernels").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so", "one shared object, no temporary left"
