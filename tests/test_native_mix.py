@@ -153,3 +153,25 @@ def test_the_kernel_is_built_once_into_its_cache(tmp_path) -> None:
         assert done.stdout.strip() == "True", done.stderr
     built = list((tmp_path / "kernels").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so", "one shared object, no temporary left"
+
+
+@pytest.mark.parametrize("module", ["avg", "avg_incl", "max"])
+@pytest.mark.parametrize("k", [3, 7])
+@pytest.mark.parametrize("shape", [(2, 4, 7, 7), (1, 3, 5, 9), (2, 3, 20, 17), (2, 3, 2, 2)], ids=lambda s: "x".join(map(str, s)))
+def test_drop_in_pool_modules_run_the_kernel_exactly(module, k, shape, calls) -> None:
+    """A child's pooling layers (FastAvgPool2d / FastMaxPool2d) in float32 channels_last."""
+    from rfsearch.ops.fused import FastAvgPool2d, FastMaxPool2d
+
+    if module == "max":
+        plain, fast = nn.MaxPool2d(k, 1, k // 2), FastMaxPool2d(k, 1, k // 2)
+        x = torch.randint(0, 3, shape).float()
+    else:
+        incl = module == "avg_incl"
+        plain, fast = nn.AvgPool2d(k, 1, k // 2, count_include_pad=incl), FastAvgPool2d(k, 1, k // 2, count_include_pad=incl)
+        x = torch.randn(shape)
+    x = x.contiguous(memory_format=NHWC)
+    g = torch.randn(shape)
+    a, b = run(plain, x, g), run(fast, x, g)
+    torch.testing.assert_close(b[0], a[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(b[1], a[1], atol=1e-6, rtol=1e-5)
+    assert calls["forward"] == 1 and calls["backward"] == 1

@@ -926,30 +926,34 @@ def _backward_stock(grad, x, weights, plan, factors, need_x, need_w, need_f):
 # --------------------------------------------------------------------------------------------
 
 
-def _pool_plan(op: nn.Module, x: Tensor) -> Plan | None:
+def _pool_plan(op: nn.Module, x: Tensor, backend: str) -> Plan | None:
     kind = classify(op)
     if kind is None or kind[0] not in ("avg", "max") or x.dim() != 4:
         return None
+    if backend == "native" and not (native.available() and native.supports(x, (), ())):
+        backend = "shift"
     r = kind[1] // 2
     rh, rw = min(r, x.shape[-2] - 1), min(r, x.shape[-1] - 1)
     if kind[0] == "avg":
         incl = kind[1] if kind[2] else 0
         if (rh, rw) == (0, 0) and not incl:
-            return Plan(True, (), (), (), "shift")
-        return Plan(False, ((rh, rw, incl),), (), (), "shift")
+            return Plan(True, (), (), (), backend)
+        return Plan(False, ((rh, rw, incl),), (), (), backend)
     if (rh, rw) == (0, 0):
-        return Plan(True, (), (), (), "shift")
-    return Plan(False, (), ((rh, rw),), (), "shift")
+        return Plan(True, (), (), (), backend)
+    return Plan(False, (), ((rh, rw),), (), backend)
 
 
 def pool_forward(op: nn.Module, x: Tensor) -> Tensor | None:
-    """One stride-1 shape-preserving pooling module through the fused node's shift backend (CPU),
-    exactly ``op(x)`` in values and gradients; None where it does not apply (then run ATen's)."""
-    if x.device.type != "cpu" or default_backend(x.device) != "shift" or not x.is_floating_point():
+    """One stride-1 shape-preserving pooling module through the fused node's CPU backends (native,
+    else shift), exactly ``op(x)`` in values and gradients; None where it does not apply (then run
+    ATen's)."""
+    if x.device.type != "cpu" or not x.is_floating_point() or tracing():
         return None
-    if tracing():
+    backend = default_backend(x.device)
+    if backend == "stock":
         return None
-    plan = _pool_plan(op, x)
+    plan = _pool_plan(op, x, backend)
     if plan is None:
         return None
     one = _cached(_MAP_CACHE, ("one", x.device, x.dtype), lambda: torch.ones(1, dtype=x.dtype, device=x.device))
@@ -958,7 +962,7 @@ def pool_forward(op: nn.Module, x: Tensor) -> Tensor | None:
 
 class FastAvgPool2d(nn.AvgPool2d):
     """``nn.AvgPool2d`` (same arguments, state and results) whose stride-1, shape-preserving CPU
-    forward and backward run the exact shift/matmul path instead of ATen's NCHW kernel, which is
+    forward and backward run the exact native or shift path instead of ATen's NCHW kernel, which is
     10-50× slower on CPU for stride-1 windows. Tracing, export and other settings use ATen's."""
 
     def forward(self, x: Tensor) -> Tensor:
