@@ -16,11 +16,25 @@ from torch import nn
 from rfsearch.ops import native
 from rfsearch.ops.registry import get_op
 from rfsearch.supernet import MixedOp
-from test_fast_mixedop import SHAPES, assert_same, pair, run
+from rfsearch.ops.fused import FastAvgPool2d, FastMaxPool2d
+from test_fast_mixedop import SHAPES, assert_same, run
+from test_fast_mixedop import pair as _pair
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernel cannot be built")
 
 NHWC = torch.channels_last
+
+
+def pair(c: int, dtype: torch.dtype, backend: str, extra=None) -> tuple[MixedOp, MixedOp]:
+    """(reference, fused): the reference's pooling candidates are ATen's own modules, so that it
+    shares no code with the kernel (the registry builds the drop-in Fast* modules)."""
+    ref, fast = _pair(c, dtype, backend=backend, extra=extra)
+    for name, op in list(ref.ops.items()):
+        if type(op) is FastAvgPool2d:
+            ref.ops[name] = nn.AvgPool2d(op.kernel_size, 1, op.padding, count_include_pad=op.count_include_pad)
+        elif type(op) is FastMaxPool2d:
+            ref.ops[name] = nn.MaxPool2d(op.kernel_size, 1, op.padding)
+    return ref, fast
 
 
 @pytest.fixture
@@ -160,8 +174,6 @@ def test_the_kernel_is_built_once_into_its_cache(tmp_path) -> None:
 @pytest.mark.parametrize("shape", [(2, 4, 7, 7), (1, 3, 5, 9), (2, 3, 20, 17), (2, 3, 2, 2)], ids=lambda s: "x".join(map(str, s)))
 def test_drop_in_pool_modules_run_the_kernel_exactly(module, k, shape, calls) -> None:
     """A child's pooling layers (FastAvgPool2d / FastMaxPool2d) in float32 channels_last."""
-    from rfsearch.ops.fused import FastAvgPool2d, FastMaxPool2d
-
     if module == "max":
         plain, fast = nn.MaxPool2d(k, 1, k // 2), FastMaxPool2d(k, 1, k // 2)
         x = torch.randint(0, 3, shape).float()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
@@ -46,9 +47,12 @@ class CBAMParams(StrictModel):
 class SpatialSeparablePool(nn.Module):
     """Pool along W and along H, mix the two profiles jointly, gate the input with both.
 
-    ``reduce`` and the gates are 1×1 convolutions over the (H+W, 1) profile. (As batched matrix
-    products on the same weights they were as fast at inference and 10-20 % slower to train:
-    the weight gradient of an expanded weight is a batch of products, docs/performance.md.)"""
+    ``reduce`` and the gates are 1×1 convolutions over the (H+W, 1) profile. They run as
+    ``F.linear`` on the (N, H+W, C) profile with the same weights: one matrix product for the
+    batch (and one for each weight gradient), where oneDNN's convolution pays a reorder and a
+    dispatch per call on these thin shapes; the modules stay convolutions, so checkpoints,
+    children and exports are unchanged. (Batched products with an expanded weight were slower
+    to train: its gradient is a batch of products and a reduction, docs/performance.md.)"""
 
     def __init__(self, channels: int, reduction: int = 32, min_channels: int = 8) -> None:
         super().__init__()
@@ -64,14 +68,23 @@ class SpatialSeparablePool(nn.Module):
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``a_h`` (N,C,H,1) and ``a_w`` (N,C,1,W): the forward is ``x · a_h · a_w``."""
         h = x.shape[-2]
-        mixed = self.reduce(separable_profiles(x).unsqueeze(-1))
-        return self.gate_h(mixed[:, :, :h]).sigmoid_(), self.gate_w(mixed[:, :, h:]).sigmoid_().transpose(-1, -2)
+        conv, norm, act = self.reduce
+        mixed = _pointwise(conv, separable_profiles(x).transpose(1, 2))  # (N, H+W, hidden)
+        mixed = act(norm(mixed.transpose(1, 2).unsqueeze(-1))).squeeze(-1).transpose(1, 2)
+        a_h = _pointwise(self.gate_h, mixed[:, :h]).sigmoid_()  # (N, H, C)
+        a_w = _pointwise(self.gate_w, mixed[:, h:]).sigmoid_()  # (N, W, C)
+        return a_h.transpose(1, 2).unsqueeze(-1), a_w.transpose(1, 2).unsqueeze(2)
 
     def forward(self, x: Tensor) -> Tensor:
         a_h, a_w = self.gates(x)
         y = x * a_h
         # in place where no backward will need ``y``: one full-size buffer instead of two
         return y * a_w if torch.is_grad_enabled() or tracing() else y.mul_(a_w)
+
+
+def _pointwise(conv: nn.Conv2d, t: Tensor) -> Tensor:
+    """A 1×1 convolution applied to (N, L, C_in) as a linear map: (N, L, C_out)."""
+    return F.linear(t, conv.weight.flatten(1), conv.bias)
 
 
 def separable_profiles(x: Tensor) -> Tensor:

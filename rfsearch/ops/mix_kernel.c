@@ -57,7 +57,8 @@ static inline float fmax_nan(float a, float b) { return ((a > b) | (a != a)) ? a
 typedef struct {
     int h, w, cb, len;
     size_t size;
-    float *x, *g, *acc, *rows, *tmp, *vec, *slab;
+    float *x, *g, *acc, *rows, *tmp, *vec;
+    float *win, *dwx; /* one map row each: a column window's result, the column divisors */
     int32_t *col, *jidx;
 } Tile;
 
@@ -70,15 +71,15 @@ static int tile_init(Tile *t, int h, int w, int cb) {
     t->acc = malloc(t->size * sizeof(float));
     t->rows = malloc(t->size * sizeof(float));
     t->tmp = malloc(t->size * sizeof(float));
-    t->vec = malloc(2 * line * sizeof(float));
-    t->slab = malloc(line * sizeof(float));
+    t->vec = malloc(4 * line * sizeof(float));
     t->col = malloc(t->size * sizeof(int32_t));
     t->jidx = malloc((size_t)w * cb * sizeof(int32_t));
-    return t->x && t->g && t->acc && t->rows && t->tmp && t->vec && t->slab && t->col && t->jidx;
+    if (t->vec) { t->win = t->vec + 2 * line; t->dwx = t->win + line; }
+    return t->x && t->g && t->acc && t->rows && t->tmp && t->vec && t->col && t->jidx;
 }
 
 static void tile_free(Tile *t) {
-    free(t->x); free(t->g); free(t->acc); free(t->rows); free(t->tmp); free(t->vec); free(t->slab); free(t->col); free(t->jidx);
+    free(t->x); free(t->g); free(t->acc); free(t->rows); free(t->tmp); free(t->vec); free(t->col); free(t->jidx);
 }
 
 static void tile_start(Tile *t, int len) {
@@ -90,18 +91,23 @@ static void tile_start(Tile *t, int len) {
 #define ROW(t, buf, i) ((buf) + (size_t)(i) * (t)->w * (t)->len)
 #define PIX(t, buf, i, j) ((buf) + ((size_t)(i) * (t)->w + (j)) * (t)->len)
 
-/* Copies between a tile and the map: whole rows at once where the tile holds every channel. */
+/* Copies between a tile and the map: whole rows at once where the tile holds every channel, else
+ * one pixel's channels at a time (inline: a memcpy call per pixel costs more than the copy). */
+static void copy_pixels(float *restrict dst, const float *restrict src, int len) {
+    for (int c = 0; c < len; c++) dst[c] = src[c];
+}
+
 static void load(Tile *t, const float *src, Strides s, float *dst) {
     for (int i = 0; i < t->h; i++) {
         if (s.sw == t->len) { memcpy(ROW(t, dst, i), src + i * s.sh, (size_t)t->w * t->len * sizeof(float)); continue; }
-        for (int j = 0; j < t->w; j++) memcpy(PIX(t, dst, i, j), src + i * s.sh + j * s.sw, (size_t)t->len * sizeof(float));
+        for (int j = 0; j < t->w; j++) copy_pixels(PIX(t, dst, i, j), src + i * s.sh + j * s.sw, t->len);
     }
 }
 
 static void store(Tile *t, const float *src, float *dst, Strides s) {
     for (int i = 0; i < t->h; i++) {
         if (s.sw == t->len) { memcpy(dst + i * s.sh, ROW(t, src, i), (size_t)t->w * t->len * sizeof(float)); continue; }
-        for (int j = 0; j < t->w; j++) memcpy(dst + i * s.sh + j * s.sw, PIX(t, src, i, j), (size_t)t->len * sizeof(float));
+        for (int j = 0; j < t->w; j++) copy_pixels(dst + i * s.sh + j * s.sw, PIX(t, src, i, j), t->len);
     }
 }
 
@@ -130,18 +136,53 @@ static void row_windows(Tile *t, const float *src, int r0, int r, int op) {
     }
 }
 
-/* out row i = the clipped column window (radius r) of rows, summed (op 0) or maximal (op 1). */
-static void col_windows(Tile *t, int r, int op, float *out) {
+/* For every output row i: the clipped column window (radius r) of rows, summed (op 0: a running
+ * sum down the map, two row operations per output row whatever r) or maximal (op 1), into one
+ * row; then out(i) += weight · dh[i] · dwx ⊙ that row (dh NULL: weight alone), and, when `with`
+ * is given, Σ with(i) ⊙ that row is returned. The window row stays in L1; no full-size result is
+ * written. */
+static double col_accumulate(Tile *t, int r, int op, float weight, const float *dh, float *out, const float *with) {
     size_t line = (size_t)t->w * t->len;
+    float *restrict win = t->win;
+    const float *restrict dwx = t->dwx;
+    double total = 0.0;
     for (int i = 0; i < t->h; i++) {
         int lo = i - r < 0 ? 0 : i - r, hi = i + r > t->h - 1 ? t->h - 1 : i + r;
-        float *o = ROW(t, out, i);
-        memcpy(o, ROW(t, t->rows, lo), line * sizeof(float));
-        for (int ii = lo + 1; ii <= hi; ii++) {
-            if (op) max_(o, ROW(t, t->rows, ii), line);
-            else add_(o, ROW(t, t->rows, ii), line);
+        if (op) {
+            memcpy(win, ROW(t, t->rows, lo), line * sizeof(float));
+            for (int ii = lo + 1; ii <= hi; ii++) max_(win, ROW(t, t->rows, ii), line);
+        } else if (i == 0) {
+            memcpy(win, ROW(t, t->rows, 0), line * sizeof(float));
+            for (int ii = 1; ii <= hi; ii++) add_(win, ROW(t, t->rows, ii), line);
+        } else {
+            if (i + r <= t->h - 1) add_(win, ROW(t, t->rows, i + r), line);
+            if (i - r - 1 >= 0) {
+                const float *restrict gone = ROW(t, t->rows, i - r - 1);
+                for (size_t e = 0; e < line; e++) win[e] -= gone[e];
+            }
+        }
+        float *restrict o = ROW(t, out, i);
+        if (dh) {
+            float rowc = weight * dh[i];
+            for (size_t e = 0; e < line; e++) o[e] += rowc * dwx[e] * win[e];
+        } else {
+            for (size_t e = 0; e < line; e++) o[e] += weight * win[e];
+        }
+        if (with) {
+            const float *restrict wr = ROW(t, with, i);
+            float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+            for (size_t e = 0; e < line; e++) sum += wr[e] * win[e];
+            total += sum;
         }
     }
+    return total;
+}
+
+/* t->dwx = dw[j] at every (j, c) of a row. */
+static void expand_columns(Tile *t, const float *dw) {
+    for (int j = 0; j < t->w; j++)
+        for (int c = 0; c < t->len; c++) t->dwx[(size_t)j * t->len + c] = dw[j];
 }
 
 /* 1 / (pixels of the clipped window) along one axis, or 1/k for count_include_pad (k² split). */
@@ -181,19 +222,6 @@ static void apply_scale(Tile *t, const Plan *p, const float *weights, const floa
         float *restrict o = ROW(t, out, i);
         const float *restrict x = ROW(t, src, i);
         for (size_t e = 0; e < line; e++) o[e] = srow[e] * x[e];
-    }
-}
-
-/* out += weight · D ⊙ win, D(i, j) = dh[i] · dw[j] (none: 1). */
-static void add_scaled(Tile *t, float *out, float weight, const float *dh, const float *dw, const float *win) {
-    size_t line = (size_t)t->w * t->len;
-    float *restrict coef = t->slab;
-    for (int i = 0; i < t->h; i++) {
-        for (int j = 0; j < t->w; j++)
-            for (int c = 0; c < t->len; c++) coef[(size_t)j * t->len + c] = weight * (dh ? dh[i] * dw[j] : 1.f);
-        float *restrict o = ROW(t, out, i);
-        const float *restrict a = ROW(t, win, i);
-        for (size_t e = 0; e < line; e++) o[e] += coef[e] * a[e];
     }
 }
 
@@ -250,16 +278,15 @@ void rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t
                 int rh = (int)p.avg[3 * a], rw = (int)p.avg[3 * a + 1];
                 row_windows(&t, t.x, rw >= rw_done ? rw_done : 0, rw, 0);
                 rw_done = rw;
-                col_windows(&t, rh, 0, t.tmp);
-                add_scaled(&t, t.acc, weights[wi], divh + (size_t)a * sh.h, divw + (size_t)a * sh.w, t.tmp);
+                expand_columns(&t, divw + (size_t)a * sh.w);
+                col_accumulate(&t, rh, 0, weights[wi], divh + (size_t)a * sh.h, t.acc, NULL);
             }
             rw_done = 0;
             for (int m = 0; m < p.n_max; m++, wi++) {
                 int rh = (int)p.max[2 * m], rw = (int)p.max[2 * m + 1];
                 row_windows(&t, t.x, rw >= rw_done ? rw_done : 0, rw, 1);
                 rw_done = rw;
-                col_windows(&t, rh, 1, t.tmp);
-                add_scaled(&t, t.acc, weights[wi], NULL, NULL, t.tmp);
+                col_accumulate(&t, rh, 1, weights[wi], NULL, t.acc, NULL);
             }
             store(&t, t.acc, y + ni * ys.sn + c0, ys);
         }
@@ -269,10 +296,11 @@ void rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t
 }
 
 /* Route weight · g to each window's first maximum of x (MaxPool2d's rule) and return Σ g · max.
+ * The row-window state (t->rows, t->col) grows from radius r0, which the previous call left.
  * The row pass keeps, per pixel and channel, the first column of its row window's maximum: a
  * candidate left of the best wins ties, one right of it must be larger. The column pass does the
  * same with rows (rows above win ties), so the winner is the first maximum in row-major order. */
-static double max_route(Tile *t, int rh, int rw, float weight) {
+static double max_route(Tile *t, int r0, int rh, int rw, float weight) {
     int h = t->h, w = t->w, len = t->len;
     size_t line = (size_t)w * len;
     for (int i = 0; i < h; i++) {
@@ -280,9 +308,11 @@ static double max_route(Tile *t, int rh, int rw, float weight) {
         float *restrict v = ROW(t, t->rows, i);
         int32_t *restrict col = t->col + (size_t)i * line;
         const int32_t *restrict jidx = t->jidx;
-        memcpy(v, x, line * sizeof(float));
-        memcpy(col, jidx, line * sizeof(int32_t));
-        for (int d = 1; d <= rw && d < w; d++) {
+        if (r0 == 0) {
+            memcpy(v, x, line * sizeof(float));
+            memcpy(col, jidx, line * sizeof(int32_t));
+        }
+        for (int d = r0 + 1; d <= rw && d < w; d++) {
             size_t shift = (size_t)d * len;
             for (size_t e = shift; e < line; e++) {
                 float cand = x[e - shift];
@@ -424,15 +454,20 @@ void rf_mix_backward(const float *x, const float *g, float *gx, const int64_t *g
             for (int a = 0; a < p.n_avg; a++, wi++) {
                 int rh = (int)p.avg[3 * a], rw = (int)p.avg[3 * a + 1];
                 const float *dh = divh + (size_t)a * sh.h, *dw = divw + (size_t)a * sh.w;
-                memset(t.tmp, 0, (size_t)t.h * t.w * t.len * sizeof(float));
-                add_scaled(&t, t.tmp, 1.f, dh, dw, t.g);
+                expand_columns(&t, dw);
+                for (int i = 0; i < t.h; i++) {
+                    const float *restrict gr = ROW(&t, t.g, i);
+                    float *restrict o = ROW(&t, t.tmp, i);
+                    for (size_t e = 0; e < (size_t)t.w * t.len; e++) o[e] = dh[i] * t.dwx[e] * gr[e];
+                }
                 row_windows(&t, t.tmp, 0, rw, 0);
-                col_windows(&t, rh, 0, t.tmp);
-                gw[wi] = dot(&t, t.tmp, t.x);
-                add_scaled(&t, t.acc, weights[wi], NULL, NULL, t.tmp);
+                gw[wi] = col_accumulate(&t, rh, 0, weights[wi], NULL, t.acc, t.x);
             }
-            for (int m = 0; m < p.n_max; m++, wi++)
-                gw[wi] = max_route(&t, (int)p.max[2 * m], (int)p.max[2 * m + 1], weights[wi]);
+            for (int m = 0, rw_done = 0; m < p.n_max; m++, wi++) {
+                int rh = (int)p.max[2 * m], rw = (int)p.max[2 * m + 1];
+                gw[wi] = max_route(&t, rw >= rw_done ? rw_done : 0, rh, rw, weights[wi]);
+                rw_done = rw;
+            }
             if (gx) store(&t, t.acc, gx + ni * gxs.sn + c0, gxs);
         }
         tile_free(&t);
