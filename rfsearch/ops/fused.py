@@ -21,7 +21,7 @@ first, so candidates that coincide at a resolution are computed once with their 
 a 3×3 map ``maxpool5 == maxpool7``; on 1×1 every local op is the identity; a window spanning an
 axis is a reduction along it). Two exact backends:
 
-``shift`` (CPU default), all from elementwise ops on views and small matrix products:
+``native`` (CPU default for float32 channels_last; rfsearch.ops.native): one C pass per tile. ``shift`` (the CPU fallback), all from elementwise ops on views and small matrix products:
 
 * identity and gates: ``x · S`` with ``S = w_skip + Σ v · a_h ⊗ a_w``; backward ``g · S``.
 * average pooling with ``count_include_pad=False`` is separable with a per-position divisor that
