@@ -14,6 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 import rfsearch.ops.fused as fused
+from rfsearch.ops.attention import SpatialSeparablePool
 from rfsearch.ops.fused import FastAvgPool2d, FastMaxPool2d, classify
 from rfsearch.ops.registry import get_op
 from rfsearch.supernet import MixedOp
@@ -33,10 +34,14 @@ def candidates(c: int, extra: dict[str, nn.Module] | None = None) -> dict[str, n
 
 
 def pair(c: int, dtype: torch.dtype = torch.float64, backend: str | None = None, extra=None, seed: int = 0) -> tuple[MixedOp, MixedOp]:
+    """(the plain weighted sum, whose global op is the paper's convolutions; the fused op)."""
     torch.manual_seed(seed)
     ref = MixedOp(candidates(c, extra), init_std=1.0, fast=False).to(dtype)
     fast = copy.deepcopy(ref)
     fast.fast, fast.backend = True, backend
+    for op in ref.ops.values():
+        if type(op) is SpatialSeparablePool:
+            op.__class__ = PaperSSP  # same parameters and names, none of the fast paths
     return ref, fast
 
 
@@ -220,6 +225,13 @@ def conv_ssp(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
     profile = torch.cat([x.mean(dim=3, keepdim=True), x.mean(dim=2, keepdim=True).transpose(2, 3)], dim=2)
     mixed_h, mixed_w = torch.split(op.reduce(profile), [h, w], dim=2)
     return x * torch.sigmoid(op.gate_h(mixed_h)) * torch.sigmoid(op.gate_w(mixed_w.transpose(2, 3)))
+
+
+class PaperSSP(SpatialSeparablePool):
+    """The global op computed by :func:`conv_ssp`: the references' form."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_ssp(self, x)
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])

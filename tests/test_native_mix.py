@@ -17,7 +17,8 @@ from rfsearch.ops import native
 from rfsearch.ops.registry import get_op
 from rfsearch.supernet import MixedOp
 from rfsearch.ops.fused import FastAvgPool2d, FastMaxPool2d
-from test_fast_mixedop import SHAPES, assert_same, run
+from rfsearch.ops.attention import separable_profiles
+from test_fast_mixedop import SHAPES, PaperSSP, assert_same, run
 from test_fast_mixedop import pair as _pair
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernel cannot be built")
@@ -39,8 +40,8 @@ def pair(c: int, dtype: torch.dtype, backend: str, extra=None) -> tuple[MixedOp,
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts the kernel's forward and backward calls."""
-    counts = {"forward": 0, "backward": 0}
+    """Counts the kernel's calls: the mix's forward and backward, the global op's profiles."""
+    counts = {"forward": 0, "backward": 0, "profiles": 0, "profiles_backward": 0}
     for name in counts:
         real = getattr(native, name)
 
@@ -145,7 +146,7 @@ def test_other_inputs_use_the_shift_backend(calls) -> None:
         ref, fast = pair(8, dtype, backend="native")
         x, g = inputs((2, 8, 7, 7), 5, layout)
         assert_same(run(ref, x.to(dtype), g.to(dtype)), run(fast, x.to(dtype), g.to(dtype)), dtype)
-    assert calls["forward"] == 0
+    assert calls == {"forward": 0, "backward": 0, "profiles": 0, "profiles_backward": 0}
 
 
 def test_without_a_compiler_the_default_is_the_shift_backend(tmp_path) -> None:
@@ -187,3 +188,45 @@ def test_drop_in_pool_modules_run_the_kernel_exactly(module, k, shape, calls) ->
     torch.testing.assert_close(b[0], a[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(b[1], a[1], atol=1e-6, rtol=1e-5)
     assert calls["forward"] == 1 and calls["backward"] == 1
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (3, 70, 9, 11), (1, 1, 4, 4), (2, 130, 1, 6)], ids=lambda s: "x".join(map(str, s)))
+def test_the_global_ops_profiles(shape, calls) -> None:
+    """The kernel's profiles (one read of x; 64-channel blocks, a partial one) against torch's means;
+    their backward writes the same bits as autograd's through the two means, in channels_last."""
+    x, _ = inputs(shape, 6)
+    x.requires_grad_(True)
+    p = separable_profiles(x)
+    ref = torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=2).transpose(1, 2)
+    torch.testing.assert_close(p, ref, atol=1e-6, rtol=1e-5)
+    g = torch.randn_like(p)
+    (gx,), (gr,) = torch.autograd.grad(p, x, g), torch.autograd.grad(ref, x, g)
+    assert torch.equal(gx, gr)
+    assert gx.is_contiguous(memory_format=NHWC)
+    assert calls["profiles"] == 1 and calls["profiles_backward"] == 1
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (3, 70, 9, 11), (1, 8, 1, 6)], ids=lambda s: "x".join(map(str, s)))
+def test_the_global_op_gates_in_the_kernel(shape, train, calls) -> None:
+    """A child's global op: the profiles and x · a_h · a_w in the kernel, against the paper's form
+    (convolutions, plain products) in float64, about as close as that form is in float32 (the
+    gradients through a training-mode BatchNorm cancel to ~1e-5 in float32 either way); in training,
+    evaluation and inference without autograd."""
+    torch.manual_seed(3)
+    op = get_op("global").build(shape[1], {}).train(train)
+    nn.init.normal_(op.reduce[1].weight), nn.init.normal_(op.reduce[1].bias)
+    plain = copy.deepcopy(op)
+    plain.__class__ = PaperSSP
+    x, g = inputs(shape, 7)
+    fast, ref32, ref64 = run(op, x, g), run(plain, x, g), run(copy.deepcopy(plain).double(), x.double(), g.double())
+    assert calls == {"forward": 1, "backward": 1, "profiles": 1, "profiles_backward": 1}
+    assert fast[0].is_contiguous(memory_format=NHWC)
+    pairs = [(fast[0], ref32[0], ref64[0]), (fast[1], ref32[1], ref64[1])] + [(fast[2][k], ref32[2][k], ref64[2][k]) for k in ref64[2]]
+    assert set(fast[2]) == set(ref64[2])
+    for ours, theirs, exact in pairs:
+        error, baseline = (ours.double() - exact).abs().max().item(), (theirs.double() - exact).abs().max().item()
+        assert error <= 4 * baseline + 1e-6 * exact.abs().max().item()
+    with torch.no_grad():
+        torch.testing.assert_close(op(x), plain(x), atol=1e-6, rtol=1e-5)
+    assert calls["forward"] == 2

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torchvision.ops import SqueezeExcitation
 
+from rfsearch.ops import native
+from rfsearch.ops.fused import gate_forward
 from rfsearch.ops.tracing import tracing
 from rfsearch.ops.registry import register_op
 from rfsearch.space.base import StrictModel
@@ -69,7 +71,7 @@ class SpatialSeparablePool(nn.Module):
         """``a_h`` (N,C,H,1) and ``a_w`` (N,C,1,W): the forward is ``x · a_h · a_w``."""
         h = x.shape[-2]
         conv, norm, act = self.reduce
-        mixed = _pointwise(conv, separable_profiles(x).transpose(1, 2))  # (N, H+W, hidden)
+        mixed = _pointwise(conv, separable_profiles(x))  # (N, H+W, hidden)
         mixed = act(norm(mixed.transpose(1, 2).unsqueeze(-1))).squeeze(-1).transpose(1, 2)
         a_h = _pointwise(self.gate_h, mixed[:, :h]).sigmoid_()  # (N, H, C)
         a_w = _pointwise(self.gate_w, mixed[:, h:]).sigmoid_()  # (N, W, C)
@@ -77,6 +79,9 @@ class SpatialSeparablePool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a_h, a_w = self.gates(x)
+        fused = gate_forward(x, (a_h, a_w))
+        if fused is not None:
+            return fused
         y = x * a_h
         # in place where no backward will need ``y``: one full-size buffer instead of two
         return y * a_w if torch.is_grad_enabled() or tracing() else y.mul_(a_w)
@@ -88,29 +93,41 @@ def _pointwise(conv: nn.Conv2d, t: Tensor) -> Tensor:
 
 
 def separable_profiles(x: Tensor) -> Tensor:
-    """``cat([mean_W(x), mean_H(x)], dim=2)``: (N, C, H+W), the input of the reduce branch."""
-    if x.requires_grad and not tracing():
-        return _Profiles.apply(x)
-    return torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=2)
+    """(N, H+W, C): the means along W of each row, then the means along H of each column, channels
+    innermost (the layout the 1×1 layers take as ``F.linear``); the input of the reduce branch."""
+    if tracing():
+        return torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=2).transpose(1, 2)
+    return _Profiles.apply(x)
 
 
 class _Profiles(torch.autograd.Function):
-    """Both means in one node whose backward is one broadcast add (autograd's divides two expanded
+    """Both means in one node: one read of ``x`` by the native kernel where it applies (float32
+    channels_last on CPU), and a backward that writes ``∂x`` once (autograd's divides two expanded
     gradients and accumulates them)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
         ctx.size = x.shape
         ctx.cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=2)
+        ctx.native = _native_profiles(x)
+        if ctx.native:
+            return native.profiles(x)
+        return torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=2).transpose(1, 2).contiguous()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         h, w = ctx.size[-2], ctx.size[-1]
         out = torch.empty(ctx.size, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last if ctx.cl else torch.contiguous_format)
-        torch.add(grad[:, :, :h, None] / w, grad[:, :, None, h:] / h, out=out)
+        if ctx.native:
+            return native.profiles_backward(grad, out)
+        g = grad.transpose(1, 2)
+        torch.add(g[:, :, :h, None] / w, g[:, :, None, h:] / h, out=out)
         return out
+
+
+def _native_profiles(x: Tensor) -> bool:
+    return native.supports(x, (), ()) and native.available()
 
 
 class CBAM(nn.Module):

@@ -57,7 +57,7 @@ from torch.autograd.function import once_differentiable
 from rfsearch.ops import native
 from rfsearch.ops.tracing import tracing
 
-__all__ = ["FastAvgPool2d", "FastMaxPool2d", "Plan", "classify", "default_backend", "fused_mix", "pool_forward"]
+__all__ = ["FastAvgPool2d", "FastMaxPool2d", "Plan", "classify", "default_backend", "fused_mix", "gate_forward", "pool_forward"]
 
 _BACKENDS = ("native", "shift", "stock")
 
@@ -958,6 +958,16 @@ def pool_forward(op: nn.Module, x: Tensor) -> Tensor | None:
         return None
     one = _cached(_MAP_CACHE, ("one", x.device, x.dtype), lambda: torch.ones(1, dtype=x.dtype, device=x.device))
     return _FusedMix.apply(x, one, plan)
+
+
+def gate_forward(x: Tensor, factors: Sequence[Tensor]) -> Tensor | None:
+    """A gate op's output ``x · Π factors`` (``x · a_h · a_w``, ``x · s``) through the fused node on
+    the native backend: one pass, and only ``x`` and the small factors kept for the backward; None
+    where the kernel does not apply (then the op multiplies as it is)."""
+    if tracing() or default_backend(x.device) != "native" or not native.supports(x, (len(factors),), factors):
+        return None
+    one = _cached(_MAP_CACHE, ("one", x.device, x.dtype), lambda: torch.ones(1, dtype=x.dtype, device=x.device))
+    return _FusedMix.apply(x, one, Plan(False, (), (), (len(factors),), "native"), *factors)
 
 
 class FastAvgPool2d(nn.AvgPool2d):

@@ -13,7 +13,8 @@
  * (identity, avg groups, max groups, gates). geom: n, c, h, w, then (sn, sh, sw) of each map
  * argument; channels are contiguous (stride 1), cb of them per tile. Gate factors are pixel-major: A (n, h, c), B
  * (n, w, c), s (n, c). Weight gradients are written per tile (float64) and summed by the caller
- * in tile order, so no result depends on the number of threads. */
+ * in tile order, so no result depends on the number of threads. Every entry point returns 0, or 1
+ * when a thread could not allocate its tile (its outputs are then incomplete). */
 
 #include <math.h>
 #include <stdint.h>
@@ -255,17 +256,19 @@ static float *make_divisors(const Plan *p, const Shape *s, int axis) {
     return out;
 }
 
-void rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t *plan_data, const float *weights,
-                    const float *const *factors, int cb, int threads) {
+int rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t *plan_data, const float *weights,
+                   const float *const *factors, int cb, int threads) {
     Plan p = read_plan(plan_data);
     Shape sh = read_shape(geom);
     Strides xs = read_strides(geom, 0), ys = read_strides(geom, 1);
     int64_t blocks = (sh.c + cb - 1) / cb, tiles = sh.n * blocks;
     float *divh = make_divisors(&p, &sh, 0), *divw = make_divisors(&p, &sh, 1);
-#pragma omp parallel num_threads(threads)
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         Tile t;
         int ok = tile_init(&t, (int)sh.h, (int)sh.w, cb) && divh && divw;
+        failed |= !ok;
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < tiles; q++) {
             if (!ok) continue;
@@ -293,6 +296,7 @@ void rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t
         tile_free(&t);
     }
     free(divh); free(divw);
+    return failed;
 }
 
 /* Route weight · g to each window's first maximum of x (MaxPool2d's rule) and return Σ g · max.
@@ -427,17 +431,19 @@ static void gate_grads(Tile *t, const Plan *p, const float *weights, const float
 
 /* gx (if not NULL) = ∂x; gw_tiles[tile * n_weights + k] = the tile's share of ∂w_k; gate factor
  * gradients into gfactors (pixel-major like the factors) where not NULL. */
-void rf_mix_backward(const float *x, const float *g, float *gx, const int64_t *geom, const int64_t *plan_data,
-                     const float *weights, const float *const *factors, float *const *gfactors, double *gw_tiles, int cb, int threads) {
+int rf_mix_backward(const float *x, const float *g, float *gx, const int64_t *geom, const int64_t *plan_data,
+                    const float *weights, const float *const *factors, float *const *gfactors, double *gw_tiles, int cb, int threads) {
     Plan p = read_plan(plan_data);
     Shape sh = read_shape(geom);
     Strides xs = read_strides(geom, 0), gs = read_strides(geom, 1), gxs = read_strides(geom, 2);
     int64_t blocks = (sh.c + cb - 1) / cb, tiles = sh.n * blocks;
     float *divh = make_divisors(&p, &sh, 0), *divw = make_divisors(&p, &sh, 1);
-#pragma omp parallel num_threads(threads)
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         Tile t;
         int ok = tile_init(&t, (int)sh.h, (int)sh.w, cb) && divh && divw;
+        failed |= !ok;
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < tiles; q++) {
             if (!ok) continue;
@@ -473,4 +479,66 @@ void rf_mix_backward(const float *x, const float *g, float *gx, const int64_t *g
         tile_free(&t);
     }
     free(divh); free(divw);
+    return failed;
+}
+
+/* The separable global op's profiles, p (n, h + w, c) pixel-major: rows 0..h-1 the means over
+ * each map row (along W), rows h..h+w-1 the means over each column (along H); one read of x. geom:
+ * n, c, h, w, then x's (sn, sh, sw). Tiles are (sample, block of cb channels). */
+void rf_profiles_forward(const float *x, float *p, const int64_t *geom, int cb, int threads) {
+    Shape sh = read_shape(geom);
+    Strides xs = read_strides(geom, 0);
+    int64_t blocks = (sh.c + cb - 1) / cb, tiles = sh.n * blocks, rows = sh.h + sh.w;
+    float inv_w = 1.f / (float)sh.w, inv_h = 1.f / (float)sh.h;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t q = 0; q < tiles; q++) {
+        int64_t ni = q / blocks, c0 = (q % blocks) * cb;
+        int len = (int)(sh.c - c0 < cb ? sh.c - c0 : cb);
+        float *ph = p + ni * rows * sh.c + c0, *pw = ph + sh.h * sh.c;
+        for (int64_t j = 0; j < sh.w; j++) memset(pw + j * sh.c, 0, (size_t)len * sizeof(float));
+        for (int64_t i = 0; i < sh.h; i++) {
+            float *restrict r = ph + i * sh.c;
+            memset(r, 0, (size_t)len * sizeof(float));
+            for (int64_t j = 0; j < sh.w; j++) {
+                const float *restrict v = x + ni * xs.sn + i * xs.sh + j * xs.sw + c0;
+                float *restrict col = pw + j * sh.c;
+                for (int c = 0; c < len; c++) { r[c] += v[c]; col[c] += v[c]; }
+            }
+            for (int c = 0; c < len; c++) r[c] *= inv_w;
+        }
+        for (int64_t j = 0; j < sh.w; j++)
+            for (int c = 0; c < len; c++) pw[j * sh.c + c] *= inv_h;
+    }
+}
+
+/* Its gradient: gx(i, j, c) = gp(i, c) / w + gp(h + j, c) / h, written in gx's strides (geom: n, c,
+ * h, w, then gx's (sn, sh, sw)); the divisions as autograd's mean backward makes them. */
+int rf_profiles_backward(const float *gp, float *gx, const int64_t *geom, int cb, int threads) {
+    Shape sh = read_shape(geom);
+    Strides gs = read_strides(geom, 0);
+    int64_t blocks = (sh.c + cb - 1) / cb, tiles = sh.n * blocks, rows = sh.h + sh.w;
+    float fw = (float)sh.w, fh = (float)sh.h;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *scaled = malloc(sizeof(float) * (size_t)rows * cb);
+        failed |= !scaled;
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < tiles; q++) {
+            if (!scaled) continue;
+            int64_t ni = q / blocks, c0 = (q % blocks) * cb;
+            int len = (int)(sh.c - c0 < cb ? sh.c - c0 : cb);
+            const float *src = gp + ni * rows * sh.c + c0;
+            for (int64_t r = 0; r < rows; r++)
+                for (int c = 0; c < len; c++) scaled[r * cb + c] = src[r * sh.c + c] / (r < sh.h ? fw : fh);
+            for (int64_t i = 0; i < sh.h; i++)
+                for (int64_t j = 0; j < sh.w; j++) {
+                    const float *restrict a = scaled + i * cb, *restrict b = scaled + (sh.h + j) * cb;
+                    float *restrict o = gx + ni * gs.sn + i * gs.sh + j * gs.sw + c0;
+                    for (int c = 0; c < len; c++) o[c] = a[c] + b[c];
+                }
+        }
+        free(scaled);
+    }
+    return failed;
 }

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["available", "backward", "forward", "supports"]
+__all__ = ["available", "backward", "forward", "profiles", "profiles_backward", "supports"]
 
 _SOURCE = Path(__file__).with_name("mix_kernel.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
@@ -68,10 +68,17 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     pointer, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
     lib.rf_mix_forward.argtypes = [pointer, pointer, i64p, i64p, pointer, pointer, ctypes.c_int, ctypes.c_int]
-    lib.rf_mix_forward.restype = None
     lib.rf_mix_backward.argtypes = [pointer, pointer, pointer, i64p, i64p, pointer, pointer, pointer, pointer, ctypes.c_int, ctypes.c_int]
-    lib.rf_mix_backward.restype = None
+    lib.rf_profiles_forward.argtypes = [pointer, pointer, i64p, ctypes.c_int, ctypes.c_int]
+    lib.rf_profiles_backward.argtypes = [pointer, pointer, i64p, ctypes.c_int, ctypes.c_int]
+    for entry in (lib.rf_mix_forward, lib.rf_mix_backward, lib.rf_profiles_forward, lib.rf_profiles_backward):
+        entry.restype = ctypes.c_int
     return lib
+
+
+def _check(status: int) -> None:
+    if status:
+        raise MemoryError("rfsearch: the native mixing kernel could not allocate its tile buffers")
 
 
 def available() -> bool:
@@ -145,9 +152,9 @@ def forward(x: Tensor, weights: Tensor, identity: bool, avg, mx, gates: Sequence
     y = torch.empty_like(x)
     weights = weights.detach().float().contiguous()
     slots = _slots(gates, factors)
-    _lib.rf_mix_forward(
+    _check(_lib.rf_mix_forward(
         x.data_ptr(), y.data_ptr(), _geometry(x.shape, x, y), _plan_array(identity, avg, mx, gates), weights.data_ptr(), _pointers(slots), _channel_block(x.shape), torch.get_num_threads()
-    )
+    ))
     return y
 
 
@@ -164,10 +171,10 @@ def backward(
     weights_c = weights.detach().float().contiguous()
     slots = _slots(gates, factors)
     grad_slots = [torch.empty_like(s) if s is not None and want else None for s, want in zip(slots, _slot_wants(gates, need_f))]
-    _lib.rf_mix_backward(
+    _check(_lib.rf_mix_backward(
         x.data_ptr(), grad.data_ptr(), gx.data_ptr() if gx is not None else None, _geometry(x.shape, x, grad, gx if gx is not None else x),
         _plan_array(identity, avg, mx, gates), weights_c.data_ptr(), _pointers(slots), _pointers(grad_slots), gw_tiles.data_ptr(), block, torch.get_num_threads(),
-    )
+    ))
     gw = gw_tiles.sum(0).to(weights.dtype) if need_w else None
     gf: list[Tensor | None] = []
     for j, count in enumerate(gates):
@@ -175,6 +182,23 @@ def backward(
             piece = grad_slots[2 * j + a]
             gf.append(piece.permute(0, 3, 1, 2) if piece is not None else None)
     return gx, gw, gf
+
+
+def profiles(x: Tensor) -> Tensor:
+    """The separable global op's profiles of ``x`` (N,C,H,W): (N, H+W, C), the means along W of
+    each row then the means along H of each column, channels innermost, in one read of ``x``."""
+    n, c, h, w = x.shape
+    p = torch.empty(n, h + w, c, dtype=x.dtype, device=x.device)
+    _check(_lib.rf_profiles_forward(x.data_ptr(), p.data_ptr(), _geometry(x.shape, x), _PROFILE_BLOCK, torch.get_num_threads()))
+    return p
+
+
+def profiles_backward(grad: Tensor, out: Tensor) -> Tensor:
+    """∂x of :func:`profiles` for ``grad`` (N, H+W, C), written into ``out`` (x's shape, channels
+    with stride 1) and returned."""
+    grad = grad.contiguous()
+    _check(_lib.rf_profiles_backward(grad.data_ptr(), out.data_ptr(), _geometry(out.shape, out), _PROFILE_BLOCK, torch.get_num_threads()))
+    return out
 
 
 def _slot_wants(gates: Sequence[int], need_f: Sequence[bool]) -> list[bool]:
@@ -187,6 +211,7 @@ def _slot_wants(gates: Sequence[int], need_f: Sequence[bool]) -> list[bool]:
 
 
 TILE_FLOATS = 8192
+_PROFILE_BLOCK = 64  # channels per profile tile: its (H+W) × 64 running sums stay in L1/L2
 
 
 def _channel_block(shape: Sequence[int]) -> int:
