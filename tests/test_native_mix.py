@@ -118,14 +118,18 @@ def test_gradient_for_alpha_only_and_squeeze_excitation(calls) -> None:
     assert calls["backward"] == 2
 
 
-def test_results_do_not_depend_on_the_number_of_threads() -> None:
+POOLING_PLAN = (True, ((1, 1, 0), (2, 2, 3)), ((1, 1), (2, 2), (3, 3)), (2, 1))
+POINTWISE_PLAN = (True, (), (), (2, 1))  # no pooling: one pass along the rows, no tiles
+
+
+@pytest.mark.parametrize("plan", [POOLING_PLAN, POINTWISE_PLAN], ids=["pooling", "pointwise"])
+def test_results_do_not_depend_on_the_number_of_threads(plan) -> None:
     """The kernel alone (the gates' convolutions are oneDNN's): the weight gradients are summed per
-    tile in tile order, so 1 and 2 threads give the same bits."""
+    tile (per sample without pooling) in a fixed order, so 1 and 2 threads give the same bits."""
     n, c, h, w = 8, 16, 12, 12
     x, g = inputs((n, c, h, w), 4)
     factors = [torch.rand(n, c, h, 1), torch.rand(n, c, 1, w), torch.rand(n, c, 1, 1)]
-    weights = torch.rand(9)
-    plan = (True, ((1, 1, 0), (2, 2, 3)), ((1, 1), (2, 2), (3, 3)), (2, 1))
+    weights = torch.rand(int(plan[0]) + len(plan[1]) + len(plan[2]) + len(plan[3]))
     before = torch.get_num_threads()
     results = []
     try:
@@ -230,3 +234,24 @@ def test_the_global_op_gates_in_the_kernel(shape, train, calls) -> None:
     with torch.no_grad():
         torch.testing.assert_close(op(x), plain(x), atol=1e-6, rtol=1e-5)
     assert calls["forward"] == 2
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 6, 9), (2, 70, 1, 5), (1, 8, 13, 1)], ids=lambda s: "x".join(map(str, s)))
+def test_the_pointwise_path_against_plain_products(shape) -> None:
+    """Without pooling (the identity and gates only), against ``(w0 + v1·a_h·a_w + v2·s) · x`` and
+    autograd's gradients of it, every input's gradient included."""
+    n, c, h, w = shape
+    x, g = inputs(shape, 8)
+    torch.manual_seed(8)
+    factors = [torch.rand(n, c, h, 1), torch.rand(n, c, 1, w), torch.rand(n, c, 1, 1)]
+    weights = torch.rand(3)
+    y = native.forward(x, weights, *POINTWISE_PLAN, factors)
+    gx, gw, gf = native.backward(x, g, weights, *POINTWISE_PLAN, factors, True, True, [True, True, True])
+    leaves = [t.double().requires_grad_(True) for t in (x, weights, *factors)]
+    xd, wd, a_h, a_w, s = leaves
+    ref = (wd[0] + wd[1] * a_h * a_w + wd[2] * s) * xd
+    grads = torch.autograd.grad(ref, leaves, g.double())
+    torch.testing.assert_close(y.double(), ref.detach(), atol=1e-6, rtol=1e-5)
+    assert y.is_contiguous(memory_format=NHWC) and gx.is_contiguous(memory_format=NHWC)
+    for ours, theirs in zip([gx, gw, *gf], grads):
+        torch.testing.assert_close(ours.double(), theirs, atol=1e-4, rtol=1e-5)

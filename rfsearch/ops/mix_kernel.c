@@ -256,11 +256,126 @@ static float *make_divisors(const Plan *p, const Shape *s, int axis) {
     return out;
 }
 
+/* A plan without pooling (a child's gate op, x · a_h · a_w; the identity) needs no tile: one pass
+ * along each map row, all channels at once. S(i, j, c) into s (c floats). */
+static void pointwise_scale(const Plan *p, const float *weights, const float *const *factors, const Shape *sh, int64_t ni, int64_t i,
+                            int64_t j, float *restrict s) {
+    int64_t c = sh->c;
+    int first_gate = p->has_id + p->n_avg + p->n_max;
+    float base = p->has_id ? weights[0] : 0.f;
+    for (int64_t k = 0; k < c; k++) s[k] = base;
+    for (int g = 0; g < p->n_gate; g++) {
+        float v = weights[first_gate + g];
+        const float *restrict a = p->has_b[g] ? factors[2 * g] + (ni * sh->h + i) * c : factors[2 * g] + ni * c;
+        if (p->has_b[g]) {
+            const float *restrict b = factors[2 * g + 1] + (ni * sh->w + j) * c;
+            for (int64_t k = 0; k < c; k++) s[k] += v * a[k] * b[k];
+        } else {
+            for (int64_t k = 0; k < c; k++) s[k] += v * a[k];
+        }
+    }
+}
+
+static int pointwise_forward(const float *x, float *y, const Plan *p, const float *weights, const float *const *factors, const Shape *sh,
+                             Strides xs, Strides ys, int threads) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *s = malloc(sizeof(float) * (size_t)sh->c);
+        failed |= !s;
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < sh->n * sh->h; q++) {
+            if (!s) continue;
+            int64_t ni = q / sh->h, i = q % sh->h;
+            for (int64_t j = 0; j < sh->w; j++) {
+                pointwise_scale(p, weights, factors, sh, ni, i, j, s);
+                const float *restrict xr = x + ni * xs.sn + i * xs.sh + j * xs.sw;
+                float *restrict yr = y + ni * ys.sn + i * ys.sh + j * ys.sw;
+                for (int64_t k = 0; k < sh->c; k++) yr[k] = s[k] * xr[k];
+            }
+        }
+        free(s);
+    }
+    return failed;
+}
+
+/* One sample per iteration (the gradients of B sum over its rows); gw_tiles row ni * blocks. */
+static int pointwise_backward(const float *x, const float *g, float *gx, const Plan *p, const float *weights, const float *const *factors,
+                              float *const *gfactors, double *gw_tiles, int64_t blocks, const Shape *sh, Strides xs, Strides gs, Strides gxs,
+                              int threads) {
+    int64_t c = sh->c;
+    int first_gate = p->has_id + p->n_avg + p->n_max, failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        /* s, q, then per gate: its row sums (c) and column sums (w · c) */
+        size_t per_gate = (size_t)(1 + sh->w) * c;
+        float *buf = malloc(sizeof(float) * ((size_t)2 * c + (size_t)p->n_gate * per_gate));
+        failed |= !buf;
+#pragma omp for schedule(static)
+        for (int64_t ni = 0; ni < sh->n; ni++) {
+            if (!buf) continue;
+            float *restrict s = buf, *restrict qv = buf + c;
+            double *gw = gw_tiles + ni * blocks * p->n_weights;
+            memset(buf + 2 * c, 0, sizeof(float) * (size_t)p->n_gate * per_gate);
+            double id_total = 0.0;
+            for (int64_t i = 0; i < sh->h; i++) {
+                for (int gi = 0; gi < p->n_gate; gi++)
+                    if (p->has_b[gi]) memset(buf + 2 * c + gi * per_gate, 0, sizeof(float) * (size_t)c);
+                for (int64_t j = 0; j < sh->w; j++) {
+                    const float *restrict xr = x + ni * xs.sn + i * xs.sh + j * xs.sw, *restrict gr = g + ni * gs.sn + i * gs.sh + j * gs.sw;
+                    float qsum = 0.f;
+#pragma omp simd reduction(+ : qsum)
+                    for (int64_t k = 0; k < c; k++) { qv[k] = gr[k] * xr[k]; qsum += qv[k]; }
+                    id_total += qsum;
+                    if (gx) {
+                        pointwise_scale(p, weights, factors, sh, ni, i, j, s);
+                        float *restrict o = gx + ni * gxs.sn + i * gxs.sh + j * gxs.sw;
+                        for (int64_t k = 0; k < c; k++) o[k] = s[k] * gr[k];
+                    }
+                    for (int gi = 0; gi < p->n_gate; gi++) {
+                        float *restrict rows = buf + 2 * c + gi * per_gate, *restrict cols = rows + c + j * c;
+                        if (!p->has_b[gi]) { for (int64_t k = 0; k < c; k++) rows[k] += qv[k]; continue; }
+                        const float *restrict a = factors[2 * gi] + (ni * sh->h + i) * c, *restrict b = factors[2 * gi + 1] + (ni * sh->w + j) * c;
+                        for (int64_t k = 0; k < c; k++) { rows[k] += qv[k] * b[k]; cols[k] += qv[k] * a[k]; }
+                    }
+                }
+                for (int gi = 0; gi < p->n_gate; gi++) {
+                    if (!p->has_b[gi]) continue;
+                    const float *rows = buf + 2 * c + gi * per_gate, *a = factors[2 * gi] + (ni * sh->h + i) * c;
+                    float v = weights[first_gate + gi], total = 0.f;
+                    for (int64_t k = 0; k < c; k++) total += a[k] * rows[k];
+                    gw[first_gate + gi] += total;
+                    if (gfactors[2 * gi])
+                        for (int64_t k = 0; k < c; k++) gfactors[2 * gi][(ni * sh->h + i) * c + k] = v * rows[k];
+                }
+            }
+            if (p->has_id) gw[0] = id_total;
+            for (int gi = 0; gi < p->n_gate; gi++) {
+                const float *rows = buf + 2 * c + gi * per_gate, *cols = rows + c;
+                float v = weights[first_gate + gi];
+                if (!p->has_b[gi]) {
+                    const float *sv = factors[2 * gi] + ni * c;
+                    double total = 0.0;
+                    for (int64_t k = 0; k < c; k++) total += (double)sv[k] * rows[k];
+                    gw[first_gate + gi] = total;
+                    if (gfactors[2 * gi])
+                        for (int64_t k = 0; k < c; k++) gfactors[2 * gi][ni * c + k] = v * rows[k];
+                } else if (gfactors[2 * gi + 1]) {
+                    for (int64_t k = 0; k < sh->w * c; k++) gfactors[2 * gi + 1][ni * sh->w * c + k] = v * cols[k];
+                }
+            }
+        }
+        free(buf);
+    }
+    return failed;
+}
+
 int rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t *plan_data, const float *weights,
                    const float *const *factors, int cb, int threads) {
     Plan p = read_plan(plan_data);
     Shape sh = read_shape(geom);
     Strides xs = read_strides(geom, 0), ys = read_strides(geom, 1);
+    if (p.n_avg == 0 && p.n_max == 0) return pointwise_forward(x, y, &p, weights, factors, &sh, xs, ys, threads);
     int64_t blocks = (sh.c + cb - 1) / cb, tiles = sh.n * blocks;
     float *divh = make_divisors(&p, &sh, 0), *divw = make_divisors(&p, &sh, 1);
     int failed = 0;
@@ -437,6 +552,8 @@ int rf_mix_backward(const float *x, const float *g, float *gx, const int64_t *ge
     Shape sh = read_shape(geom);
     Strides xs = read_strides(geom, 0), gs = read_strides(geom, 1), gxs = read_strides(geom, 2);
     int64_t blocks = (sh.c + cb - 1) / cb, tiles = sh.n * blocks;
+    if (p.n_avg == 0 && p.n_max == 0)
+        return pointwise_backward(x, g, gx, &p, weights, factors, gfactors, gw_tiles, blocks, &sh, xs, gs, gxs, threads);
     float *divh = make_divisors(&p, &sh, 0), *divw = make_divisors(&p, &sh, 1);
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
