@@ -86,7 +86,7 @@ static void tile_free(Tile *t) {
 static void tile_start(Tile *t, int len) {
     t->len = len;
     for (int j = 0; j < t->w; j++)
-        for (int c = 0; c < len; c++) t->jidx[j * len + c] = j;
+        for (int c = 0; c < len; c++) t->jidx[j * len + c] = j * len; /* column j's offset in a row */
 }
 
 #define ROW(t, buf, i) ((buf) + (size_t)(i) * (t)->w * (t)->len)
@@ -437,31 +437,31 @@ static double max_route(Tile *t, int r0, int rh, int rw, float weight) {
                 float cand = x[e - shift];
                 int take = (cand >= v[e]) | (cand != cand);
                 v[e] = take ? cand : v[e];
-                col[e] = take ? jidx[e] - d : col[e];
+                col[e] = take ? jidx[e] - (int32_t)shift : col[e];
             }
             for (size_t e = 0; e + shift < line; e++) {
                 float cand = x[e + shift];
                 int take = (cand > v[e]) | (cand != cand);
                 v[e] = take ? cand : v[e];
-                col[e] = take ? jidx[e] + d : col[e];
+                col[e] = take ? jidx[e] + (int32_t)shift : col[e];
             }
         }
     }
     double total = 0.0;
     float *restrict best = t->vec;
-    int32_t *restrict at = (int32_t *)t->tmp; /* the winner as row * w + column */
+    int32_t *restrict at = (int32_t *)t->tmp; /* the winner's offset in the tile: row · line + column · len */
     for (int i = 0; i < h; i++) {
         int lo = i - rh < 0 ? 0 : i - rh, hi = i + rh > h - 1 ? h - 1 : i + rh;
         memcpy(best, ROW(t, t->rows, i), line * sizeof(float));
         const int32_t *restrict c0 = t->col + (size_t)i * line;
-        for (size_t e = 0; e < line; e++) at[e] = i * w + c0[e];
+        for (size_t e = 0; e < line; e++) at[e] = (int32_t)(i * line) + c0[e];
         for (int r = i - 1; r >= lo; r--) { /* farther up is earlier: wins ties */
             const float *restrict v = ROW(t, t->rows, r);
             const int32_t *restrict col = t->col + (size_t)r * line;
             for (size_t e = 0; e < line; e++) {
                 int take = (v[e] >= best[e]) | (v[e] != v[e]);
                 best[e] = take ? v[e] : best[e];
-                at[e] = take ? r * w + col[e] : at[e];
+                at[e] = take ? (int32_t)(r * line) + col[e] : at[e];
             }
         }
         for (int r = i + 1; r <= hi; r++) { /* farther down is later: must be larger */
@@ -470,7 +470,7 @@ static double max_route(Tile *t, int r0, int rh, int rw, float weight) {
             for (size_t e = 0; e < line; e++) {
                 int take = (v[e] > best[e]) | (v[e] != v[e]);
                 best[e] = take ? v[e] : best[e];
-                at[e] = take ? r * w + col[e] : at[e];
+                at[e] = take ? (int32_t)(r * line) + col[e] : at[e];
             }
         }
         const float *restrict g = ROW(t, t->g, i);
@@ -478,11 +478,14 @@ static double max_route(Tile *t, int r0, int rh, int rw, float weight) {
 #pragma omp simd reduction(+ : s)
         for (size_t e = 0; e < line; e++) s += g[e] * best[e];
         total += s;
-        for (int j = 0; j < w; j++)
-            for (int c = 0; c < len; c++) {
-                size_t e = (size_t)j * len + c;
-                t->acc[(size_t)at[e] * len + c] += weight * g[e];
-            }
+        /* lanes of one pixel are distinct channels, so distinct targets: a vector scatter */
+        for (int j = 0; j < w; j++) {
+            const int32_t *restrict aj = at + (size_t)j * len;
+            const float *restrict gj = g + (size_t)j * len;
+            float *restrict acc = t->acc;
+#pragma omp simd
+            for (int c = 0; c < len; c++) acc[aj[c] + c] += weight * gj[c];
+        }
     }
     return total;
 }
