@@ -228,9 +228,10 @@ def test_the_global_op_gates_in_the_kernel(shape, train, calls) -> None:
     assert fast[0].is_contiguous(memory_format=NHWC)
     pairs = [(fast[0], ref32[0], ref64[0]), (fast[1], ref32[1], ref64[1])] + [(fast[2][k], ref32[2][k], ref64[2][k]) for k in ref64[2]]
     assert set(fast[2]) == set(ref64[2])
+    scale = max(exact.abs().max().item() for _, _, exact in pairs)  # reduce.0.bias's is 0 up to rounding (BN follows)
     for ours, theirs, exact in pairs:
         error, baseline = (ours.double() - exact).abs().max().item(), (theirs.double() - exact).abs().max().item()
-        assert error <= 4 * baseline + 1e-6 * exact.abs().max().item()
+        assert error <= 4 * baseline + 1e-6 * scale
     with torch.no_grad():
         torch.testing.assert_close(op(x), plain(x), atol=1e-6, rtol=1e-5)
     assert calls["forward"] == 2

@@ -56,6 +56,8 @@ class SpatialSeparablePool(nn.Module):
     children and exports are unchanged. (Batched products with an expanded weight were slower
     to train: its gradient is a batch of products and a reduction, docs/performance.md.)"""
 
+    fused_gate = "ssp"  # the fused mix computes x · a_h · a_w from ``gates(x)`` (rfsearch.ops.fused)
+
     def __init__(self, channels: int, reduction: int = 32, min_channels: int = 8) -> None:
         super().__init__()
         hidden = max(min_channels, channels // reduction)

@@ -8,8 +8,9 @@ candidates' parameters, by recognising the built-in candidates by module type:
 * ``nn.Identity``, stride-1 shape-preserving ``nn.AvgPool2d`` (either ``count_include_pad``) and
   ``nn.MaxPool2d`` (and the drop-in ``FastAvgPool2d`` / ``FastMaxPool2d`` below): the *local*
   candidates, computed together inside one ``autograd.Function``;
-* ``SpatialSeparablePool`` (``global`` / ``coordatt``) and torchvision's ``SqueezeExcitation``
-  (``se``): *gates* ``x · a_h · a_w`` / ``x · s``. Their small gate tensors come from the op's own
+* ``SpatialSeparablePool`` (``global`` / ``coordatt``: a class whose own body declares
+  ``fused_gate = "ssp"`` and whose ``gates(x)`` gives ``a_h, a_w``; this module imports no op) and
+  torchvision's ``SqueezeExcitation`` (``se``): *gates* ``x · a_h · a_w`` / ``x · s``. Their small gate tensors come from the op's own
   submodules through ordinary autograd; only the full-size product moves into the fused node, so
   neither ``x · a_h`` nor the op's output is kept for the backward;
 * anything else (user ops, subclasses, ops with hooks, other pooling settings): the plain
@@ -93,14 +94,6 @@ def _global_hooks() -> bool:
     return any(bool(getattr(mod, name, None)) for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
 
 
-def _ssp_type() -> type | None:
-    try:
-        from rfsearch.ops.attention import SpatialSeparablePool
-    except Exception:  # pragma: no cover - the op module is part of the package
-        return None
-    return SpatialSeparablePool
-
-
 def _se_type() -> type | None:
     try:
         from torchvision.ops import SqueezeExcitation
@@ -131,8 +124,7 @@ def classify(op: nn.Module) -> tuple | None:
         if _pair(op.dilation) != (1, 1) or op.return_indices:
             return None
         return ("max", kh)
-    ssp = _ssp_type()
-    if ssp is not None and t is ssp:
+    if t.__dict__.get("fused_gate") == "ssp":  # declared by the class itself (rfsearch.ops.attention), not inherited
         return ("gate", "ssp")
     se = _se_type()
     if se is not None and t is se:
