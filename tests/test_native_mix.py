@@ -256,3 +256,28 @@ def test_the_pointwise_path_against_plain_products(shape) -> None:
     assert y.is_contiguous(memory_format=NHWC) and gx.is_contiguous(memory_format=NHWC)
     for ours, theirs in zip([gx, gw, *gf], grads):
         torch.testing.assert_close(ours.double(), theirs, atol=1e-4, rtol=1e-5)
+
+
+def test_a_cropped_channels_last_view(calls) -> None:
+    """A crop of a channels_last map has channels innermost but is not dense: the kernel reads it
+    through its strides and writes its own channels_last outputs (empty_like would give NCHW)."""
+    torch.manual_seed(9)
+    base = (torch.rand(2, 8, 9, 9) * 6 - 1).contiguous(memory_format=NHWC)
+    g = torch.randn(2, 8, 7, 5)
+    ref, fast = pair(8, torch.float32, backend="native")
+    results = []
+    for model in (ref, fast, separable_profiles):
+        leaf = base.clone().requires_grad_(True)
+        x = leaf[:, :, 1:8, 2:7]
+        assert x.stride(1) == 1 and not x.is_contiguous(memory_format=NHWC)
+        y = model(x)
+        y.backward(g if y.shape == g.shape else torch.ones_like(y))
+        results.append((y.detach(), leaf.grad))
+    for a, b in zip(results[0], results[1]):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+    x = base[:, :, 1:8, 2:7]
+    torch.testing.assert_close(results[2][0], torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=2).transpose(1, 2), atol=1e-6, rtol=1e-5)
+    expected = torch.zeros_like(base)
+    expected[:, :, 1:8, 2:7] = 1 / 5 + 1 / 7  # every pixel is in one row mean and one column mean
+    torch.testing.assert_close(results[2][1], expected)
+    assert calls["backward"] == 1 and calls["profiles_backward"] == 2

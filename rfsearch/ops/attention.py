@@ -120,8 +120,8 @@ class _Profiles(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         h, w = ctx.size[-2], ctx.size[-1]
-        out = torch.empty(ctx.size, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last if ctx.cl else torch.contiguous_format)
-        if ctx.native:
+        out = torch.empty(ctx.size, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last if ctx.cl or ctx.native else torch.contiguous_format)
+        if ctx.native:  # channels with stride 1, which the kernel writes
             return native.profiles_backward(grad, out)
         g = grad.transpose(1, 2)
         torch.add(g[:, :, :h, None] / w, g[:, :, None, h:] / h, out=out)

@@ -143,13 +143,19 @@ def _slots(gates: Sequence[int], factors: Sequence[Tensor]) -> list[Tensor | Non
     return out
 
 
+def _nhwc_like(x: Tensor) -> Tensor:
+    """An output the kernel can write (channels with stride 1), also where ``x`` is a view that
+    only has channels innermost (a crop of a channels_last map): ``empty_like`` would give NCHW."""
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
 def _channels_last(t: Tensor) -> Tensor:
     return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last)
 
 
 def forward(x: Tensor, weights: Tensor, identity: bool, avg, mx, gates: Sequence[int], factors: Sequence[Tensor]) -> Tensor:
-    """``Σ_k w_k · op_k(x)`` in ``x``'s memory format."""
-    y = torch.empty_like(x)
+    """``Σ_k w_k · op_k(x)`` in channels_last (``x``'s format when ``x`` is dense)."""
+    y = _nhwc_like(x)
     weights = weights.detach().float().contiguous()
     slots = _slots(gates, factors)
     _check(_lib.rf_mix_forward(
@@ -161,9 +167,9 @@ def forward(x: Tensor, weights: Tensor, identity: bool, avg, mx, gates: Sequence
 def backward(
     x: Tensor, grad: Tensor, weights: Tensor, identity: bool, avg, mx, gates: Sequence[int], factors: Sequence[Tensor], need_x: bool, need_w: bool, need_f: Sequence[bool]
 ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]]:
-    """(∂x in ``x``'s memory format, ∂weights, ∂factors) of ``forward``."""
+    """(∂x in channels_last, ∂weights, ∂factors) of ``forward``."""
     grad = _channels_last(grad)
-    gx = torch.empty_like(x) if need_x else None
+    gx = _nhwc_like(x) if need_x else None
     n_weights = int(identity) + len(avg) + len(mx) + len(gates)
     block = _channel_block(x.shape)
     tiles = x.shape[0] * -(-x.shape[1] // block)
