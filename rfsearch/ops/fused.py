@@ -11,8 +11,9 @@ candidates' parameters, by recognising the built-in candidates by module type:
 * ``SpatialSeparablePool`` (``global`` / ``coordatt``: a class whose own body declares
   ``fused_gate = "ssp"`` and whose ``gates(x)`` gives ``a_h, a_w``; this module imports no op) and
   torchvision's ``SqueezeExcitation`` (``se``): *gates* ``x · a_h · a_w`` / ``x · s``. Their small
-  gate tensors come from the op's own submodules through ordinary autograd; only the full-size product moves into the fused node, so
-  neither ``x · a_h`` nor the op's output is kept for the backward;
+  gate tensors come from the op's own submodules through ordinary autograd; only the full-size
+  product moves into the fused node, so neither ``x · a_h`` nor the op's output is kept for the
+  backward;
 * anything else (user ops, subclasses, ops with hooks, other pooling settings): the plain
   ``w_k * op_k(x)``, added to the fused node's output.
 
