@@ -605,7 +605,7 @@ int rf_mix_backward(const float *x, const float *g, float *gx, const int64_t *ge
 /* The separable global op's profiles, p (n, h + w, c) pixel-major: rows 0..h-1 the means over
  * each map row (along W), rows h..h+w-1 the means over each column (along H); one read of x. geom:
  * n, c, h, w, then x's (sn, sh, sw). Tiles are (sample, block of cb channels). */
-void rf_profiles_forward(const float *x, float *p, const int64_t *geom, int cb, int threads) {
+int rf_profiles_forward(const float *x, float *p, const int64_t *geom, int cb, int threads) {
     Shape sh = read_shape(geom);
     Strides xs = read_strides(geom, 0);
     int64_t blocks = (sh.c + cb - 1) / cb, tiles = sh.n * blocks, rows = sh.h + sh.w;
@@ -629,6 +629,7 @@ void rf_profiles_forward(const float *x, float *p, const int64_t *geom, int cb, 
         for (int64_t j = 0; j < sh.w; j++)
             for (int c = 0; c < len; c++) pw[j * sh.c + c] *= inv_h;
     }
+    return 0; /* no buffers to allocate: a status like the other entry points */
 }
 
 /* Its gradient: gx(i, j, c) = gp(i, c) / w + gp(h + j, c) / h, written in gx's strides (geom: n, c,
