@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Iterator
 
 import networkx as nx
 import torch
@@ -111,9 +110,26 @@ class Supernet(nn.Module):
         self.net = net
         self.points = list(points)
         self._mixed = mixed  # plain dict: the ops are registered once, inside ``net``
+        self._listed: tuple[object, list[tuple[str, nn.Parameter]], list[Tensor]] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def _members(self) -> tuple[list[tuple[str, nn.Parameter]], list[Tensor]]:
+        """The named non-α parameters and the buffers, listed once per structure: walking the
+        supernet's ~1,000 modules takes milliseconds, and a search step asks several times. The
+        structure changes when a point is fixed (its dropped candidates leave), when ``net`` is
+        replaced (SyncBatchNorm) and when the modules are converted (``to``, ``_apply``)."""
+        key = (id(self.net), tuple(m.choice for m in self._mixed.values()))
+        if self._listed is None or self._listed[0] != key:
+            alphas = {id(m.alpha) for m in self._mixed.values()}
+            named = [(n, p) for n, p in self.named_parameters() if id(p) not in alphas]
+            self._listed = (key, named, list(self.buffers()))
+        return self._listed[1], self._listed[2]
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        self._listed = None
+        return super()._apply(fn, recurse)
 
     @property
     def mixed_ops(self) -> dict[str, MixedOp]:
@@ -127,12 +143,14 @@ class Supernet(nn.Module):
         return [m.alpha for m in self._mixed.values() if not m.is_fixed]
 
     def weight_parameters(self) -> list[nn.Parameter]:
-        alphas = {id(m.alpha) for m in self._mixed.values()}
-        return [p for p in self.parameters() if id(p) not in alphas and p.requires_grad]
+        return [p for _, p in self._members()[0] if p.requires_grad]
 
-    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        alphas = {id(m.alpha) for m in self._mixed.values()}
-        return ((n, p) for n, p in self.named_parameters() if id(p) not in alphas and p.requires_grad)
+    def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self._members()[0] if p.requires_grad]
+
+    def state_buffers(self) -> list[Tensor]:
+        """Every buffer (BatchNorm's running statistics and counters), for saving and restoring them."""
+        return list(self._members()[1])
 
     def unfixed(self) -> list[str]:
         return [path for path, m in self._mixed.items() if not m.is_fixed]

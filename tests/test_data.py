@@ -21,8 +21,11 @@ from pydantic import ValidationError
 from torch.utils.data import Subset
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.transforms import v2
 
 from rfsearch import data as rfdata
+from rfsearch.data import transforms as T
+from rfsearch.data.datasets import TensorImages
 from rfsearch.data.embedded import cache_path, generate, make_embedded
 from rfsearch.data.transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RandomFlips
 from rfsearch.errors import RfsearchError
@@ -248,8 +251,55 @@ def test_flips_are_the_only_embedded_augmentation() -> None:
     img = torch.arange(2 * 3 * 4, dtype=torch.uint8).view(2, 3, 4)
     variants = {img, img.flip(-1), img.flip(-2), img.flip(-1, -2)}
     torch.manual_seed(0)
-    seen = {RandomFlips()(img).numpy().tobytes() for _ in range(64)}
+    seen = {RandomFlips()(img[None])[0].numpy().tobytes() for _ in range(64)}
     assert seen == {v.numpy().tobytes() for v in variants}
+
+
+def _grey_batch(n: int = 12, side: int = 28) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(0, 256, (n, 1, side, side), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize("resolution", [28, 32, 40])  # as is; zero padding to fit; a bilinear resize
+@pytest.mark.parametrize("flips", [True, False])
+def test_grey_batches_are_torchvisions_per_image_crops_and_flips(resolution: int, flips: bool) -> None:
+    """A batch draws each image's crop and flip as torchvision's RandomCrop and RandomHorizontalFlip
+    draw them image after image: the same tensors, so runs before the batched loading repeat exactly."""
+    images = _grey_batch()
+    mean, std = [0.3], [0.2]
+    train, evaluate = T.grey_transforms(28, resolution, True, flips, mean, std, channels=3)
+    per_image = v2.Compose([*T.fit_resolution(28, resolution), v2.RandomCrop(resolution, padding=resolution // 8), *([v2.RandomHorizontalFlip()] if flips else [])])
+    torch.manual_seed(11)
+    expected = torch.stack([per_image(img) for img in images])
+    next_expected = torch.rand(1)
+    expected = ((expected.float() / 255 - 0.3) / 0.2).repeat(1, 3, 1, 1)
+    torch.manual_seed(11)
+    got = train(images)
+    assert torch.equal(torch.rand(1), next_expected)  # as many draws as torchvision's, no more
+    assert got.shape == (12, 3, resolution, resolution)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    torch.manual_seed(11)
+    assert torch.equal(torch.cat([train(img[None]) for img in images]), got)  # a batch = its images one by one
+    assert torch.equal(evaluate(images), torch.cat([evaluate(img[None]) for img in images]))
+
+
+def test_tensor_images_give_a_loader_the_batches_of_its_items() -> None:
+    """``__getitems__`` (a DataLoader's batch at once) gives what ``__getitem__`` gives item by item."""
+    images, labels = _grey_batch(20), torch.arange(20) % 4
+    train, _ = T.grey_transforms(28, 28, True, True, [0.5], [0.25], channels=1)
+    data = TensorImages(images, labels, train)
+    order = [5, 0, 19, 7, 7, 12]
+    torch.manual_seed(4)
+    loader = torch.utils.data.DataLoader(Subset(data, order), batch_size=6, generator=torch.Generator())  # its own seed draws
+    x, y = next(iter(loader))
+    torch.manual_seed(4)
+    items = [data[i] for i in order]
+    assert torch.equal(x, torch.stack([img for img, _ in items])) and y.tolist() == [label for _, label in items]
+    assert x.shape == (6, 1, 28, 28) and x.dtype == torch.float32
+    torch.manual_seed(5)
+    flips = RandomFlips()(images[:6])
+    torch.manual_seed(5)
+    assert torch.equal(flips, torch.cat([RandomFlips()(img[None]) for img in images[:6]]))
 
 
 # ----------------------------------------------------------------------------- splits

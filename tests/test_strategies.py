@@ -128,6 +128,55 @@ def test_lookahead_is_the_step_the_weights_take() -> None:
     assert not all(torch.allclose(a0 - g, a.detach(), atol=1e-6) for a0, g, a in zip(alpha_before, raw, net.arch_parameters()))
 
 
+def test_lookahead_block_holds_theta_prime_and_always_returns_to_theta() -> None:
+    """Inside ``at_lookahead`` the module itself sits at θ′ (its weights constants); after it, even
+    when the block fails, θ, the optimizer's state and the weights' gradients flags are as before."""
+    train, _ = batches()
+    net = tiny_supernet()
+    weight_opt = sgd(net.weight_parameters(), WeightOptimizer(lr=0.5, momentum=0.9, weight_decay=1e-3))
+    ctx = SearchContext(supernet=net, model=net, weight_optimizer=weight_opt, device=torch.device("cpu"))
+    strategy = pmpl(net, ctx)
+    strategy.step(ctx, train, train)  # momentum buffers exist
+    ctx.weight_backward(train)
+    theta = [p.detach().clone() for p in net.weight_parameters()]
+    state = {id(p): s["momentum_buffer"].clone() for p, s in weight_opt.state.items()}
+    shadow = copy.deepcopy(weight_opt.state_dict())
+    probe = copy.deepcopy(net)
+    probe_opt = sgd(probe.weight_parameters(), WeightOptimizer(lr=0.5, momentum=0.9, weight_decay=1e-3))
+    probe_opt.load_state_dict(shadow)
+    for p, q in zip(net.weight_parameters(), probe.weight_parameters()):
+        q.grad = p.grad.clone()
+    probe_opt.step()  # θ′ by hand: the real step on a copy
+    params = net.weight_parameters()
+    with pytest.raises(RuntimeError, match="meta step failed"):
+        with strategy.at_lookahead(ctx):
+            assert all(torch.equal(p, q) for p, q in zip(params, probe.weight_parameters()))
+            assert not any(p.requires_grad for p in params)
+            raise RuntimeError("meta step failed")
+    assert net.weight_parameters() == params and all(p.requires_grad for p in params)
+    assert all(torch.equal(p, t) for p, t in zip(params, theta))
+    assert all(torch.equal(s["momentum_buffer"], state[id(p)]) for p, s in weight_opt.state.items())
+
+
+def test_member_lists_follow_fixing_and_a_replaced_net() -> None:
+    """The supernet lists its weights and buffers once per structure: a fixed point's dropped
+    candidates leave the lists, and a replaced ``net`` (SyncBatchNorm) is listed anew."""
+    net = tiny_supernet()
+    path = next(iter(net.mixed_ops))
+    walked = lambda: {id(b) for b in net.buffers()}  # noqa: E731
+    assert {id(b) for b in net.state_buffers()} == walked()
+    gone = {id(b) for b in net.mixed_ops[path].ops["global"].buffers()}
+    before = len(net.weight_parameters())
+    net.fix(path, "skip")
+    assert gone and not gone & {id(b) for b in net.state_buffers()} and {id(b) for b in net.state_buffers()} == walked()
+    alphas = {id(m.alpha) for m in net.mixed_ops.values()}
+    assert len(net.weight_parameters()) < before and {id(p) for p in net.weight_parameters()} == {
+        id(p) for p in net.parameters() if p.requires_grad and id(p) not in alphas
+    }
+    net.net = copy.deepcopy(net.net)
+    assert {id(b) for b in net.state_buffers()} == walked()
+
+
 def test_meta_and_lookahead_forwards_leave_batchnorm_statistics_alone() -> None:
     """Only the weights' own training forward (at α_new) moves BN's running statistics."""
     train, meta = batches()

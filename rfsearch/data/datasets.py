@@ -53,7 +53,9 @@ class Splits:
 
 
 class TensorImages(Dataset[tuple[torch.Tensor, int]]):
-    """In-memory uint8 images (N, C, H, W) and labels; ``transform`` runs per sample on the tensor."""
+    """In-memory uint8 images (N, C, H, W) and labels. ``transform`` takes a batch of images: a
+    DataLoader's batch is transformed at once (``__getitems__``), with the same random draws, image
+    by image, as one ``__getitem__`` after another, so the batches are the same either way."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: T.Transform) -> None:
         self.images, self.labels, self.transform = images, labels, transform
@@ -62,7 +64,11 @@ class TensorImages(Dataset[tuple[torch.Tensor, int]]):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images[index]), int(self.labels[index])
+        return self.transform(self.images[index][None])[0], int(self.labels[index])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.transform(self.images[rows]).unbind(0), self.labels[rows].tolist(), strict=True))
 
 
 def native_resolution(cfg: DataConfig) -> int:

@@ -94,7 +94,7 @@ class SearchContext:
     def measuring(self) -> Iterator[None]:
         """A forward and backward that measure but are not the weights' training step (the meta
         loss, the gradient for θ′): BatchNorm's running statistics are restored afterwards."""
-        buffers = [(b, b.detach().clone()) for b in self.supernet.buffers()]
+        buffers = [(b, b.detach().clone()) for b in self.supernet.state_buffers()]
         try:
             yield
         finally:

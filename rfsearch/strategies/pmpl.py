@@ -9,7 +9,6 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 from torch import Tensor
-from torch.func import functional_call
 
 from rfsearch.search.context import SearchContext
 from rfsearch.supernet import Supernet
@@ -91,41 +90,50 @@ class PMPL(Strategy):
             # the gradient at α_old: θ′'s, and with ``reuse`` the weight step's too
             with ctx.measuring() if fresh else contextlib.nullcontext():
                 stats = ctx.weight_backward(batch)
-        weights = self.lookahead_weights(ctx) if self.options.lookahead else None
-        stats.update(self.arch_step(ctx, meta_batch, weights))
+        with self.at_lookahead(ctx) if self.options.lookahead else contextlib.nullcontext():
+            stats.update(self.arch_step(ctx, meta_batch))
         if fresh:
             stats.update(ctx.weight_backward(batch))  # ∇θ L_train(θ, α_new): the loss logged is this one
         ctx.weight_step()
         return stats
 
-    @torch.no_grad()
-    def lookahead_weights(self, ctx: SearchContext) -> dict[str, Tensor]:
-        """θ′: where the weight step would take θ with the gradient in ``.grad`` — the virtual step
-        of Algorithm 1. It is the real optimizer's step (clipping, momentum, weight decay, the
-        scheduled ζ), taken and undone, so θ′ never drifts from the step θ actually takes.
-        First order: θ′ is a constant."""
+    @contextlib.contextmanager
+    def at_lookahead(self, ctx: SearchContext) -> Iterator[None]:
+        """The weights at θ′ for the duration of the block, then back at θ: the virtual step of
+        Algorithm 1. θ′ is where the weight step would take θ with the gradient in ``.grad``: the
+        real optimizer's step (clipping, momentum, weight decay, the scheduled ζ), taken and undone
+        with the optimizer's state, so θ′ never drifts from the step θ actually takes. First
+        order: θ′ is a constant of the meta loss, so the module runs in place at θ′ with its
+        weights marked as constants (no gradient edges to them; the kernels are those of a
+        functional call with detached weights, the same bits)."""
         optimizer = ctx.weight_optimizer
         ctx.clip_weight_grads()
-        named = list(self.supernet.named_weight_parameters())
-        theta = [p.detach().clone() for _, p in named]
-        state = {p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()} for p, s in optimizer.state.items()}
-        optimizer.step()
-        moved = {name: p.detach().clone() for name, p in named}
-        for (_, p), before in zip(named, theta):
-            p.copy_(before)
-        optimizer.state.clear()
-        optimizer.state.update(state)
-        return moved
+        params = ctx.supernet.weight_parameters()
+        with torch.no_grad():
+            theta = [p.detach().clone() for p in params]
+            state = {p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()} for p, s in optimizer.state.items()}
+            optimizer.step()
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, before in zip(params, theta):
+                    p.requires_grad_(True)
+                    p.copy_(before)
+            optimizer.state.clear()
+            optimizer.state.update(state)
 
-    def arch_step(self, ctx: SearchContext, batch: Batch, weights: dict[str, Tensor] | None = None) -> dict[str, float]:
-        """α ← Adam(α, ∇α L_meta) on a meta batch, at the current θ or at ``weights`` (θ′).
-        Only α's gradient is computed, so the weights' ``.grad`` stays untouched; BatchNorm
-        normalises with the meta batch's statistics but keeps its running ones."""
+    def arch_step(self, ctx: SearchContext, batch: Batch) -> dict[str, float]:
+        """α ← Adam(α, ∇α L_meta) on a meta batch at the weights as they are (θ′ inside
+        :meth:`at_lookahead`). Only α's gradient is computed, so the weights' ``.grad`` stays
+        untouched; BatchNorm normalises with the meta batch's statistics but keeps its running ones."""
         x, y = ctx.batch(batch)
 
         def forward() -> tuple[Tensor, Tensor]:
             with autocast(ctx.device, ctx.amp):
-                logits = self.supernet(x) if weights is None else functional_call(self.supernet, weights, (x,), strict=False)
+                logits = self.supernet(x)
             return ctx.loss(logits, y), logits
 
         loss, logits = ctx.arch_gradient_step(self.arch_optimizer, self.supernet.arch_parameters(), forward)

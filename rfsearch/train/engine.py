@@ -55,7 +55,9 @@ def to_device(batch: tuple[Tensor, Tensor], device: torch.device, channels_last:
 
 
 def sgd(params: Iterable[nn.Parameter], cfg: WeightOptimizer) -> torch.optim.SGD:
-    """SGD with weight decay on conv/linear weights only: BN and biases are not decayed."""
+    """SGD with weight decay on conv/linear weights only: BN and biases are not decayed. The
+    multi-tensor (foreach) update everywhere, CPU included: the same arithmetic in the same order
+    (the same bits), at half the time of the per-tensor loop torch picks on CPU for a small model."""
     params = list(params)
     decay = [p for p in params if p.dim() > 1]
     no_decay = [p for p in params if p.dim() <= 1]
@@ -64,6 +66,7 @@ def sgd(params: Iterable[nn.Parameter], cfg: WeightOptimizer) -> torch.optim.SGD
         lr=cfg.lr,
         momentum=cfg.momentum,
         nesterov=cfg.nesterov and cfg.momentum > 0,
+        foreach=True,
     )
 
 
