@@ -369,19 +369,21 @@ def child_rows(settings: Settings, searched_arch: Any | None, log: Callable[[str
     models = {"backbone": backbone, **{f"child ({k})": m for k, m in kids.items()}}
     folded = {f"{k}, BN folded": _place(fold_batchnorm(m), settings) for k, m in models.items()}
     rows: list[Row] = []
+    onnx = settings.device.type == "cpu" and _has_onnxruntime(log)
     for bs in settings.latency_batches:
         x, _ = batch(settings, settings.latency_resolution, bs)
         fns = {k: inference(m, settings, x) for k, m in {**models, **folded}.items()}
-        onnx = _onnx_child(kids["all global"], settings, x, log) if settings.device.type == "cpu" else None
-        if onnx is not None:
-            fns["child (all global), onnxruntime"] = onnx
+        if onnx:
+            fns.update({f"{k}, onnxruntime": _onnx_session(m, x) for k, m in models.items()})
         log(f"inference latency at {settings.latency_resolution} px, batch {bs}")
         timings = compare(fns, settings.rounds, settings.warmup, settings.device)
         for k in kids:
             name = f"latency {settings.latency_resolution}px bs{bs}: {k}"
             rows.append(_ratio_row("child", name, timings, f"child ({k})", "backbone", CHILD_LATENCY_TARGET))
             rows.append(_ratio_row("child", f"{name}, BN folded", timings, f"child ({k}), BN folded", "backbone, BN folded", CHILD_LATENCY_TARGET))
-        if onnx is not None:
+            if f"child ({k}), onnxruntime" in fns and "backbone, onnxruntime" in fns:
+                rows.append(_ratio_row("child", f"{name}, both in onnxruntime", timings, f"child ({k}), onnxruntime", "backbone, onnxruntime", CHILD_LATENCY_TARGET))
+        if "child (all global), onnxruntime" in fns:
             rows.append(_ratio_row("child", f"latency {settings.latency_resolution}px bs{bs}: all global, ONNX", timings, "child (all global), onnxruntime", "child (all global)", 1.0))
     x, y = batch(settings, settings.child_train_resolution)
     fns = {"backbone": train_step(backbone, settings, x, y), **{f"child ({k})": train_step(m, settings, x, y) for k, m in kids.items()}}
@@ -392,21 +394,27 @@ def child_rows(settings: Settings, searched_arch: Any | None, log: Callable[[str
     return rows
 
 
-def _onnx_child(model: nn.Module, settings: Settings, x: torch.Tensor, log: Callable[[str], None]) -> Callable[[], None] | None:
-    """The child exported by ``rfsearch.export_child`` and run by onnxruntime with torch's thread
-    count; None (and a line saying why) where the export extras are missing."""
+def _has_onnxruntime(log: Callable[[str], None]) -> bool:
     try:
-        import onnxruntime
+        import onnxruntime  # noqa: F401
     except ImportError:
-        log("onnxruntime is not installed: no ONNX row (pip install 'rfsearch[export]')")
-        return None
+        log("onnxruntime is not installed: no ONNX rows (pip install 'rfsearch[export]')")
+        return False
+    return True
+
+
+def _onnx_session(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """The model (a child or the backbone) exported by ``rfsearch.export_child`` and run by
+    onnxruntime with torch's thread count."""
+    import onnxruntime
+
     from rfsearch.export import export_child
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     with tempfile.TemporaryDirectory(prefix="rfsearch-bench-") as tmp:
-        path = export_child(model, Path(tmp) / "child.onnx", "onnx", input_size=x.shape[-1]).path
+        path = export_child(model, Path(tmp) / "model.onnx", "onnx", input_size=x.shape[-1]).path
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.cpu().contiguous().numpy()}
     return lambda: session.run(None, feed)

@@ -100,6 +100,8 @@ def test_child_part_reports_folded_and_onnx_rows_for_every_child() -> None:
         assert names[f"latency 32px bs2: {kid}"].denominator == "backbone"
         assert names[f"latency 32px bs2: {kid}, BN folded"].denominator == "backbone, BN folded"
         assert f"train step 32px bs2: {kid}" in names
+        both = names[f"latency 32px bs2: {kid}, both in onnxruntime"]  # what a deployment compares
+        assert (both.numerator, both.denominator) == (f"child ({kid}), onnxruntime", "backbone, onnxruntime")
     onnx = names["latency 32px bs2: all global, ONNX"]
     assert (onnx.numerator, onnx.denominator, onnx.target) == ("child (all global), onnxruntime", "child (all global)", 1.0)
     assert all(r.num > 0 and r.den > 0 and math.isfinite(r.ratio) for r in rows)
