@@ -211,6 +211,40 @@ def supernet_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
 
 
 # --------------------------------------------------------------------------------------------
+# 1a. Where the supernet's step goes: one candidate family at a time
+# --------------------------------------------------------------------------------------------
+
+FAMILIES = {
+    "skip only": "[skip]",
+    "skip + global": "[skip, global]",
+    "skip + avgpool 3/5/7": "[skip, {avgpool: {k: [3, 5, 7]}}]",
+    "skip + maxpool 3/5/7": "[skip, {maxpool: {k: [3, 5, 7]}}]",
+}
+
+
+def family_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
+    """The train step of the space's supernet with its candidates cut to one family (and ``skip``),
+    beside the whole supernet and the backbone: what each family adds to the step."""
+    from rfsearch.supernet import build_supernet
+
+    backbone, supernet, _ = build_pair(settings)
+    models = {"backbone": backbone, "supernet": supernet}
+    for name, candidates in FAMILIES.items():
+        torch.manual_seed(0)
+        models[f"supernet, {name}"] = _place(build_supernet(load(settings, f"candidates={candidates}"), NUM_CLASSES), settings)
+    rows: list[Row] = []
+    for res in settings.resolutions:
+        x, y = batch(settings, res)
+        fns = {name: train_step(model, settings, x, y) for name, model in models.items()}
+        log(f"train step at {res} px by candidate family, batch {x.shape[0]}: {settings.rounds} rounds")
+        timings = compare(fns, settings.rounds, settings.warmup, settings.device)
+        for name in models:
+            if name != "backbone":
+                rows.append(_ratio_row("families", f"train step {res}px bs{x.shape[0]}: {name}", timings, name, "backbone", None))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
 # 2a. The memory format the loops use: NHWC against NCHW, same models, same batches
 # --------------------------------------------------------------------------------------------
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.cases import Row, Settings, child_rows, layout_steps, pmpl_search, pmpl_steps, supernet_steps
+from benchmarks.cases import Row, Settings, child_rows, family_steps, layout_steps, pmpl_search, pmpl_steps, supernet_steps
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="rfsearch performance ratios, measured side by side")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     p.add_argument("--quick", action="store_true", help="fewer rounds and a shorter search: a smoke run, not for the record")
-    p.add_argument("--only", default="step,search,child", help="comma-separated parts: step (supernet step + memory), layout (NHWC / NCHW steps), pmpl-step (PMPL's step, after_alpha vs reuse), search, child")
+    p.add_argument("--only", default="step,search,child", help="comma-separated parts: step (supernet step + memory), families (the step by candidate family), layout (NHWC / NCHW steps), pmpl-step (PMPL's step, after_alpha vs reuse), search, child")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every number to FILE")
     p.add_argument("--compare", type=Path, default=None, metavar="OTHER.json", help="then print this run beside an earlier run's --json file, row by row")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per comparison (default 7; quick 3)")
@@ -157,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     settings = settings_of(args)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    unknown = parts - {"step", "layout", "pmpl-step", "search", "child"}
+    known = ("step", "families", "layout", "pmpl-step", "search", "child")
+    unknown = parts - set(known)
     if unknown:
-        raise SystemExit(f"unknown part(s) {sorted(unknown)}; choose from step, layout, pmpl-step, search, child")
+        raise SystemExit(f"unknown part(s) {sorted(unknown)}; choose from {', '.join(known)}")
 
     def log(message: str) -> None:
         print(f"  · {message}", file=sys.stderr, flush=True)
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     arch = None
     if "step" in parts:
         rows += supernet_steps(settings, log)
+    if "families" in parts:
+        rows += family_steps(settings, log)
     if "layout" in parts:
         rows += layout_steps(settings, log)
     if "pmpl-step" in parts:

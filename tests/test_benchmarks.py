@@ -123,6 +123,21 @@ def test_layout_part_times_each_model_in_both_memory_formats_side_by_side() -> N
 
 
 @pytest.mark.filterwarnings("ignore:.*candidates that coincide")
+def test_families_part_times_each_candidate_family_against_the_backbone() -> None:
+    import math
+
+    from benchmarks.cases import FAMILIES, family_steps
+
+    s = settings_of(parse(["--rounds", "1", "--set", "backbone.kwargs.width_mult=0.25", "--set", "backbone.input_size=16"]))
+    s.warmup, s.resolutions, s.batch = 0, (16,), 2
+    rows = family_steps(s, lambda line: None)
+    assert [(r.name, r.numerator, r.denominator) for r in rows] == [
+        (f"train step 16px bs2: {name}", name, "backbone") for name in ["supernet", *(f"supernet, {f}" for f in FAMILIES)]
+    ]
+    assert all(r.num > 0 and r.den > 0 and math.isfinite(r.ratio) for r in rows)
+
+
+@pytest.mark.filterwarnings("ignore:.*candidates that coincide")
 def test_pmpl_step_part_compares_the_papers_order_with_reuse_on_one_row() -> None:
     import math
 
