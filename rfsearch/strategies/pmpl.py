@@ -105,7 +105,8 @@ class PMPL(Strategy):
         with the optimizer's state, so θ′ never drifts from the step θ actually takes. First
         order: θ′ is a constant of the meta loss, so the module runs in place at θ′ with its
         weights marked as constants (no gradient edges to them; the kernels are those of a
-        functional call with detached weights, the same bits)."""
+        functional call with detached weights, the same bits). Inside the block the supernet's
+        ``weight_parameters()`` lists none: they require no gradient there."""
         optimizer = ctx.weight_optimizer
         ctx.clip_weight_grads()
         params = ctx.supernet.weight_parameters()
