@@ -109,14 +109,14 @@ class PMPL(Strategy):
         ``weight_parameters()`` lists none: they require no gradient there."""
         optimizer = ctx.weight_optimizer
         ctx.clip_weight_grads()
-        params = ctx.supernet.weight_parameters()
+        params = self.supernet.weight_parameters()
         with torch.no_grad():
             theta = [p.detach().clone() for p in params]
             state = {p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()} for p, s in optimizer.state.items()}
-            optimizer.step()
-        for p in params:
-            p.requires_grad_(False)
         try:
+            optimizer.step()
+            for p in params:
+                p.requires_grad_(False)
             yield
         finally:
             with torch.no_grad():
