@@ -158,6 +158,49 @@ def test_lookahead_block_holds_theta_prime_and_always_returns_to_theta() -> None
     assert all(torch.equal(s["momentum_buffer"], state[id(p)]) for p, s in weight_opt.state.items())
 
 
+def test_meta_gradient_at_lookahead_is_bitwise_a_functional_call_at_detached_theta_prime() -> None:
+    """The look-ahead runs the module in place at θ′. Its α gradient must be, to the bit, what
+    ``functional_call`` over detached copies of θ′ gives (the search's results before the in-place
+    look-ahead): oneDNN rounds a forward whose weights require gradients differently, which
+    would change every search's later decisions. MobileNetV2 in channels_last shows it."""
+    import warnings
+
+    space = SpaceConfig.model_validate(
+        {
+            "backbone": {"name": "mobilenet_v2", "input_size": 28, "max_downsample": 16, "kwargs": {"width_mult": 0.25, "num_classes": 4}},
+            "candidates": ["skip", {"avgpool": {"k": [3]}}, {"maxpool": {"k": [3]}}, "global"],
+            "insert": [{"modules": "features.*.conv.1", "types": "Conv2dNormActivation"}],
+        }
+    )
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RfsearchWarning)
+        net = build_supernet(space).to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(1)
+    x, mx = (torch.randn(16, 3, 28, 28, generator=g).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    y, my = (torch.randint(0, 4, (16,), generator=g) for _ in range(2))
+    ref = copy.deepcopy(net)
+    recipe = WeightOptimizer(lr=0.1, momentum=0.9)
+    ctx = SearchContext(supernet=net, model=net, weight_optimizer=sgd(net.weight_parameters(), recipe), device=torch.device("cpu"), grad_clip=1.0)
+    strategy = pmpl(net, ctx)
+
+    torch.manual_seed(5)  # the classifier's dropout draws the same mask on both sides
+    torch.nn.functional.cross_entropy(ref(x), y).backward()
+    torch.nn.utils.clip_grad_norm_(ref.weight_parameters(), 1.0)
+    sgd(ref.weight_parameters(), recipe).step()
+    theta_prime = {n: p.detach().clone() for n, p in ref.named_weight_parameters()}
+    ref.load_state_dict(net.state_dict())  # θ and the BN statistics back
+    torch.manual_seed(6)
+    expected = torch.autograd.grad(torch.nn.functional.cross_entropy(functional_call(ref, theta_prime, (mx,), strict=False), my), ref.arch_parameters())
+
+    torch.manual_seed(5)
+    ctx.weight_backward((x, y))
+    with strategy.at_lookahead(ctx):
+        torch.manual_seed(6)
+        got = torch.autograd.grad(torch.nn.functional.cross_entropy(net(mx), my), net.arch_parameters())
+    assert len(got) == len(expected) > 0 and all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
 def test_member_lists_follow_fixing_and_a_replaced_net() -> None:
     """The supernet lists its weights and buffers once per structure: a fixed point's dropped
     candidates leave the lists, and a replaced ``net`` (SyncBatchNorm) is listed anew."""
