@@ -66,7 +66,8 @@ class SearchContext:
         return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == y).float().mean().item()}
 
     def clip_weight_grads(self) -> None:
-        """Clip ∇θ in ``.grad`` to ``grad_clip`` (a no-op on an already clipped gradient)."""
+        """Clip ∇θ in ``.grad`` to ``grad_clip`` (on an already clipped gradient it moves only the last
+        bits: torch divides by the norm plus 1e-6)."""
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.supernet.weight_parameters(), self.grad_clip)
 
