@@ -115,6 +115,11 @@ def build_pair(settings: Settings) -> tuple[nn.Module, nn.Module, nn.Module]:
 
 
 def _place(model: nn.Module, settings: Settings) -> nn.Module:
+    """As the search and the retrain place a model (rfsearch.train.setup.RunSetup.place)."""
+    from rfsearch.train.cpu_convs import pad_small_grouped_convs
+
+    if settings.device.type == "cpu":
+        pad_small_grouped_convs(model)
     model.to(settings.device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -14,6 +14,8 @@ import copy
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from rfsearch.train.cpu_convs import PadFirstConv2d
+
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` in which every ``Conv2d`` followed by a ``BatchNorm2d`` in the
@@ -34,10 +36,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def _foldable(conv: nn.Module | None, bn: nn.Module | None) -> bool:
-    """A plain 2-d convolution and a BN over its outputs with running statistics. Exact types only
-    (a subclass may compute something else with its weights); no hooks, which would lose the
-    module they watch."""
-    if type(conv) is not nn.Conv2d or type(bn) not in (nn.BatchNorm2d, nn.SyncBatchNorm) or bn.running_mean is None:
+    """A plain 2-d convolution (or a trained model's :class:`PadFirstConv2d`, which computes the
+    same one) and a BN over its outputs with running statistics. Exact types only (a subclass may
+    compute something else with its weights); no hooks, which would lose the module they watch."""
+    if type(conv) not in (nn.Conv2d, PadFirstConv2d) or type(bn) not in (nn.BatchNorm2d, nn.SyncBatchNorm) or bn.running_mean is None:
         return False
     if bn.num_features != conv.out_channels:
         return False

@@ -17,6 +17,7 @@ from rfsearch.distributed import Dist, init_distributed
 from rfsearch.space.data_config import DataConfig
 from rfsearch.space.schema import BackboneConfig, TrainConfig
 from rfsearch.train import rundir
+from rfsearch.train.cpu_convs import pad_small_grouped_convs
 from rfsearch.train.engine import resolve_device, seed_everything
 
 Kind = Literal["search", "retrain"]
@@ -69,7 +70,11 @@ class RunSetup:
         return self.run_dir
 
     def place(self, model: nn.Module) -> nn.Module:
-        """The model on the device, NHWC unless the space turns it off (the usual choice on CUDA; measured faster on this project's x86 CPU: docs/performance.md)."""
+        """The model on the device, NHWC unless the space turns it off (the usual choice on CUDA;
+        measured faster on this project's x86 CPU: docs/performance.md); on CPU its grouped
+        convolutions pad first on maps where oneDNN's weight gradient is slow (cpu_convs)."""
+        if self.device.type == "cpu":
+            pad_small_grouped_convs(model)
         return model.to(self.device, memory_format=torch.channels_last) if self.channels_last else model.to(self.device)
 
     def sync_bn(self, model: nn.Module) -> nn.Module:
