@@ -95,9 +95,9 @@ def load(settings: Settings, *overrides: str):
     return load_space(settings.space, [*settings.overrides, *overrides])
 
 
-def build_pair(settings: Settings) -> tuple[nn.Module, nn.Module, nn.Module]:
+def build_pair(settings: Settings, pad_first: bool = True) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(backbone, supernet with fused mixing, the same supernet with the plain weighted sum),
-    all from the same seed and on the device."""
+    all from the same seed and on the device (placed as ``_place`` does)."""
     from rfsearch.graph.backbone import build_backbone
     from rfsearch.supernet import build_supernet
 
@@ -111,14 +111,15 @@ def build_pair(settings: Settings) -> tuple[nn.Module, nn.Module, nn.Module]:
         mixed.fast = True
     for mixed in plain.mixed_ops.values():
         mixed.fast = False
-    return tuple(_place(m, settings) for m in (backbone, supernet, plain))  # type: ignore[return-value]
+    return tuple(_place(m, settings, pad_first) for m in (backbone, supernet, plain))  # type: ignore[return-value]
 
 
-def _place(model: nn.Module, settings: Settings) -> nn.Module:
-    """As the search and the retrain place a model (rfsearch.train.setup.RunSetup.place)."""
+def _place(model: nn.Module, settings: Settings, pad_first: bool = True) -> nn.Module:
+    """As the search and the retrain place a model (rfsearch.train.setup.RunSetup.place);
+    ``pad_first=False`` keeps torch's own grouped convolutions (the layout part's reference)."""
     from rfsearch.train.cpu_convs import pad_small_grouped_convs
 
-    if settings.device.type == "cpu":
+    if settings.device.type == "cpu" and pad_first:
         pad_small_grouped_convs(model)
     model.to(settings.device)
     if settings.channels_last:
@@ -250,27 +251,38 @@ def family_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
 
 
 # --------------------------------------------------------------------------------------------
-# 2a. The memory format the loops use: NHWC against NCHW, same models, same batches
+# 2a. How the loops place a model: NHWC against NCHW; on CPU, grouped convolutions padded first
 # --------------------------------------------------------------------------------------------
 
 
 def layout_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
-    """The backbone's and the supernet's train step in channels_last / in the default layout, side
-    by side: the measurement behind ``train.channels_last`` (on by default, on CPU too)."""
-    backbone, supernet, _ = build_pair(dataclasses.replace(settings, channels_last=False))
+    """The backbone's and the supernet's train step in channels_last / in the default layout, and
+    (on CPU) with grouped convolutions padded first / torch's own, side by side: the measurements
+    behind ``train.channels_last`` (on by default, on CPU too) and ``RunSetup.place``'s
+    pad-first convolutions, which change a step only where a map is smaller than a depthwise
+    kernel's reach (``--set backbone.max_downsample=16`` at 32 px: the Fashion-MNIST main job's 2×2 stage)."""
+    backbone, supernet, _ = build_pair(dataclasses.replace(settings, channels_last=False), pad_first=False)
     nhwc = dataclasses.replace(settings, channels_last=True)
     nchw = dataclasses.replace(settings, channels_last=False)
+    variants = [("NHWC", nhwc, True), ("NCHW", nchw, True)]
+    if settings.device.type == "cpu":
+        variants.append(("NHWC, torch's grouped convs", nhwc, False))
     rows: list[Row] = []
     for res in settings.resolutions:
         fns = {}
-        for layout, s in (("NHWC", nhwc), ("NCHW", nchw)):
+        for variant, s, pad_first in variants:
             x, y = batch(s, res)
             for name, model in (("backbone", backbone), ("supernet", supernet)):
-                fns[f"{name} {layout}"] = train_step(_place(copy.deepcopy(model), s), s, x, y)
-        log(f"train step at {res} px in NHWC and NCHW, batch {settings.batch}: {settings.rounds} rounds")
+                fns[f"{name} {variant}"] = train_step(_place(copy.deepcopy(model), s, pad_first), s, x, y)
+        log(f"train step at {res} px: {', '.join(v for v, _, _ in variants)}; batch {settings.batch}: {settings.rounds} rounds")
         timings = compare(fns, settings.rounds, settings.warmup, settings.device)
         for name in ("backbone", "supernet"):
             rows.append(_ratio_row("layout", f"train step {res}px bs{settings.batch}: {name}, NHWC / NCHW", timings, f"{name} NHWC", f"{name} NCHW", None))
+        if len(variants) == 3:
+            for name in ("backbone", "supernet"):
+                rows.append(
+                    _ratio_row("layout", f"train step {res}px bs{settings.batch}: {name}, grouped convs padded first / torch's", timings, f"{name} NHWC", f"{name} NHWC, torch's grouped convs", None)
+                )
     return rows
 
 

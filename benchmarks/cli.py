@@ -20,7 +20,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="rfsearch performance ratios, measured side by side")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     p.add_argument("--quick", action="store_true", help="fewer rounds and a shorter search: a smoke run, not for the record")
-    p.add_argument("--only", default="step,search,child", help="comma-separated parts: step (supernet step + memory), families (the step by candidate family), layout (NHWC / NCHW steps), pmpl-step (PMPL's step, after_alpha vs reuse), search, child")
+    p.add_argument("--only", default="step,search,child", help="comma-separated parts: step (supernet step + memory), families (the step by candidate family), layout (NHWC / NCHW steps; on CPU, grouped convs padded first / torch's), pmpl-step (PMPL's step, after_alpha vs reuse), search, child")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every number to FILE")
     p.add_argument("--compare", type=Path, default=None, metavar="OTHER.json", help="then print this run beside an earlier run's --json file, row by row")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per comparison (default 7; quick 3)")

@@ -107,7 +107,7 @@ def test_child_part_reports_folded_and_onnx_rows_for_every_child() -> None:
     assert all(r.num > 0 and r.den > 0 and math.isfinite(r.ratio) for r in rows)
 
 
-def test_layout_part_times_each_model_in_both_memory_formats_side_by_side() -> None:
+def test_layout_part_times_each_model_in_both_memory_formats_and_with_either_grouped_conv_side_by_side() -> None:
     import math
 
     from benchmarks.cases import layout_steps
@@ -118,6 +118,8 @@ def test_layout_part_times_each_model_in_both_memory_formats_side_by_side() -> N
     assert [(r.name, r.numerator, r.denominator) for r in rows] == [
         ("train step 16px bs2: backbone, NHWC / NCHW", "backbone NHWC", "backbone NCHW"),
         ("train step 16px bs2: supernet, NHWC / NCHW", "supernet NHWC", "supernet NCHW"),
+        ("train step 16px bs2: backbone, grouped convs padded first / torch's", "backbone NHWC", "backbone NHWC, torch's grouped convs"),
+        ("train step 16px bs2: supernet, grouped convs padded first / torch's", "supernet NHWC", "supernet NHWC, torch's grouped convs"),
     ]
     assert all(r.num > 0 and r.den > 0 and math.isfinite(r.ratio) for r in rows)
 
