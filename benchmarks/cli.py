@@ -30,7 +30,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--search-steps", type=int, default=None, help="search budget: steps per epoch cap (default: the space's; quick 8)")
     p.add_argument("--search-repeats", type=int, default=None, help="searches per variant (default 1)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (CUDA only; default on for CUDA)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of spaces/mbv2_metapool.yaml for the step and search parts, as rfsearch --set does (repeatable)")
+    p.add_argument("--space", type=Path, default=None, metavar="YAML", help="the space of the step, families, layout, pmpl-step and search parts (default spaces/mbv2_metapool.yaml)")
+    p.add_argument("--resolutions", default=None, metavar="PX,PX", help="image sizes of the step, families and layout parts (default 32,64)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of the space for the step and search parts, as rfsearch --set does (repeatable)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC tensors and models (default on, as the search loop does)")
     return p.parse_args(argv)
 
@@ -45,14 +47,37 @@ def settings_of(args: argparse.Namespace) -> Settings:
     s.warmup = 1 if args.quick else 2
     s.batch = args.batch or (128 if cuda else 32)
     s.latency_batches = (1, 64) if cuda else (1, 32)
-    s.resolutions = (32, 64)
+    s.resolutions = _sizes(args.resolutions) if args.resolutions else (32, 64)
+    if args.space is not None:
+        s.space = args.space
     s.search_epochs = args.search_epochs or (2 if args.quick else None)
     s.search_steps = args.search_steps or (8 if args.quick else None)
     s.search_repeats = args.search_repeats or 1
     s.amp = cuda if args.amp is None else (args.amp and cuda)
     s.channels_last = True if args.channels_last is None else args.channels_last
     s.overrides = tuple(args.overrides)
+    _check_space(s)
     return s
+
+
+def _check_space(settings: Settings) -> None:
+    """A space file or ``--set`` that does not load stops the run at once, with the loader's line."""
+    from rfsearch import RfsearchError, load_space
+
+    try:
+        load_space(settings.space, list(settings.overrides))
+    except RfsearchError as err:
+        raise SystemExit(str(err)) from None
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise SystemExit(f"--resolutions takes image sizes in pixels, comma-separated (32,64), not {text!r}")
+    return sizes
 
 
 def machine() -> dict[str, Any]:

@@ -6,7 +6,6 @@ import pytest
 
 from benchmarks.cases import build_pair, load
 from benchmarks.cli import parse, settings_of
-from rfsearch import ConfigError
 
 
 def test_set_overrides_the_measured_space_before_each_parts_own_overrides() -> None:
@@ -19,9 +18,24 @@ def test_set_overrides_the_measured_space_before_each_parts_own_overrides() -> N
     assert sizes[1] > 2 * sizes[0]
 
 
-def test_a_wrong_key_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="backbone.widht"):
-        load(settings_of(parse(["--set", "backbone.widht=1"])))
+def test_a_wrong_key_or_space_stops_the_run_with_the_loaders_line(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="backbone.widht"):
+        settings_of(parse(["--set", "backbone.widht=1"]))
+    with pytest.raises(SystemExit, match="cannot read the space file"):
+        settings_of(parse(["--space", str(tmp_path / "missing.yaml")]))
+    with pytest.raises(SystemExit, match="--resolutions takes image sizes"):
+        settings_of(parse(["--resolutions", "28px"]))
+
+
+def test_space_and_resolutions_choose_the_geometry_measured() -> None:
+    from pathlib import Path
+
+    fashion = Path(__file__).resolve().parent.parent / "spaces" / "mbv2_metapool_fashion.yaml"
+    s = settings_of(parse(["--space", str(fashion), "--resolutions", "28,56"]))
+    assert s.resolutions == (28, 56)
+    space = load(s)
+    assert (space.name, space.backbone.input_size, space.backbone.max_downsample) == ("mbv2_metapool_fashion", 28, 16)
+    assert settings_of(parse([])).resolutions == (32, 64)
 
 
 def test_peak_memory_on_cpu_prints_no_profiler_log_lines(capfd: pytest.CaptureFixture[str]) -> None:
