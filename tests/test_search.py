@@ -143,11 +143,14 @@ def test_runs_place_models_and_batches_in_the_memory_format_the_space_asks_for_o
         assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-def test_runs_on_cpu_make_grouped_convolutions_pad_first_and_leave_dense_ones() -> None:
+def test_runs_on_cpu_make_grouped_convolutions_pad_first_unless_the_space_says_not() -> None:
     from rfsearch.space.schema import TrainConfig
     from rfsearch.train.cpu_convs import PadFirstConv2d
     from rfsearch.train.setup import RunSetup
 
-    run = RunSetup.start("retrain", TrainConfig(device="cpu"), None)
-    model = run.place(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1, groups=4), torch.nn.Conv2d(4, 4, 3, padding=1)))
-    assert [type(m) for m in model] == [PadFirstConv2d, torch.nn.Conv2d]
+    def placed(**train) -> list[type]:
+        run = RunSetup.start("retrain", TrainConfig(device="cpu", **train), None)
+        return [type(m) for m in run.place(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1, groups=4), torch.nn.Conv2d(4, 4, 3, padding=1)))]
+
+    assert placed() == [PadFirstConv2d, torch.nn.Conv2d]
+    assert placed(pad_first=False) == [torch.nn.Conv2d, torch.nn.Conv2d]  # runs from before, bit for bit

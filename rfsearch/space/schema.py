@@ -183,6 +183,11 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", description="auto (cuda if present, else cpu), cpu, cuda, cuda:1, …")
     amp: bool = Field(True, description="bfloat16/float16 autocast on CUDA; ignored on CPU")
     channels_last: bool = Field(True, description="NHWC memory format for models and batches, on CUDA and CPU alike (measured faster on CPU: docs/performance.md)")
+    pad_first: bool = Field(
+        True,
+        description="on CPU, grouped convolutions pad their input themselves on maps where every window overlaps the padding "
+        "(oneDNN's weight gradient there is 8-40x slower; the gradients' last bits move): false repeats runs from before 2026-12-05",
+    )
     seed: int = 0
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
     sync_bn: bool = Field(False, description="SyncBatchNorm under torchrun")

@@ -72,8 +72,9 @@ class RunSetup:
     def place(self, model: nn.Module) -> nn.Module:
         """The model on the device, NHWC unless the space turns it off (the usual choice on CUDA;
         measured faster on this project's x86 CPU: docs/performance.md); on CPU its grouped
-        convolutions pad first on maps where oneDNN's weight gradient is slow (cpu_convs)."""
-        if self.device.type == "cpu":
+        convolutions pad first on maps where oneDNN's weight gradient is slow (cpu_convs), unless
+        ``train.pad_first`` is off."""
+        if self.device.type == "cpu" and self.train.pad_first:
             pad_small_grouped_convs(model)
         return model.to(self.device, memory_format=torch.channels_last) if self.channels_last else model.to(self.device)
 
