@@ -186,7 +186,7 @@ class TrainConfig(StrictModel):
     pad_first: bool = Field(
         True,
         description="on CPU, grouped convolutions pad their input themselves on maps where every window overlaps the padding "
-        "(oneDNN's weight gradient there is 8-40x slower; the gradients' last bits move): false repeats runs from before 2026-12-05",
+        "(oneDNN's weight gradient there is 4-23x slower; the gradients' last bits move): false repeats runs from before 2026-12-05",
     )
     seed: int = 0
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
