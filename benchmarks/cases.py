@@ -40,6 +40,7 @@ class Settings:
     search_repeats: int = 1
     amp: bool = False
     channels_last: bool = False
+    compile: str | None = None  # a torch.compile backend ("inductor"): the step part also times compiled models
     space: Path = SPACE
     overrides: tuple[str, ...] = ()  # --set: applied to the space before each part's own overrides
 
@@ -204,12 +205,21 @@ def supernet_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
             "supernet": train_step(supernet, settings, x, y),
             "supernet (plain sum)": train_step(plain, settings, x, y),
         }
+        if settings.compile:  # the same modules, compiled: the warm-up rounds compile them
+            log(f"torch.compile (backend {settings.compile}) of the backbone and the supernet: minutes, the first time")
+            fns["backbone, compiled"] = train_step(torch.compile(backbone, backend=settings.compile), settings, x, y)
+            fns["supernet, compiled"] = train_step(torch.compile(supernet, backend=settings.compile), settings, x, y)
         log(f"train step at {res} px, batch {x.shape[0]}: {settings.rounds} rounds")
         timings = compare(fns, settings.rounds, settings.warmup, settings.device)
-        rows.append(_ratio_row("supernet", f"train step {res}px bs{x.shape[0]}", timings, "supernet", "backbone", STEP_TARGET))
-        rows.append(_ratio_row("supernet", f"train step {res}px bs{x.shape[0]} (plain sum, before)", timings, "supernet (plain sum)", "backbone", None, "reference: every candidate computed and summed"))
+        step = f"train step {res}px bs{x.shape[0]}"
+        rows.append(_ratio_row("supernet", step, timings, "supernet", "backbone", STEP_TARGET))
+        rows.append(_ratio_row("supernet", f"{step} (plain sum, before)", timings, "supernet (plain sum)", "backbone", None, "reference: every candidate computed and summed"))
+        if settings.compile:
+            rows.append(_ratio_row("compiled", f"{step}, both compiled", timings, "supernet, compiled", "backbone, compiled", STEP_TARGET))
+            for model in ("backbone", "supernet"):
+                rows.append(_ratio_row("compiled", f"{step}: {model}, compiled / eager", timings, f"{model}, compiled", model, None))
         log(f"peak memory of one train step at {res} px")
-        peaks = {name: peak_bytes(fn, settings.device) for name, fn in fns.items()}
+        peaks = {name: peak_bytes(fns[name], settings.device) for name in ("backbone", "supernet", "supernet (plain sum)")}
         if all(v is not None for v in peaks.values()):
             rows.append(Row("memory", f"peak memory {res}px bs{x.shape[0]}", "supernet", "backbone", peaks["supernet"], peaks["backbone"], "B", MEMORY_TARGET))
             rows.append(Row("memory", f"peak memory {res}px bs{x.shape[0]} (plain sum, before)", "supernet (plain sum)", "backbone", peaks["supernet (plain sum)"], peaks["backbone"], "B", None))

@@ -34,6 +34,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resolutions", default=None, metavar="PX,PX", help="image sizes of the step, families and layout parts (default 32,64)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of the space for the step and search parts, as rfsearch --set does (repeatable)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC tensors and models (default on, as the search loop does)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND", help="the step part also times the backbone and the supernet under torch.compile (default backend inductor; compiling takes minutes)")
     return p.parse_args(argv)
 
 
@@ -56,6 +57,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
     s.amp = cuda if args.amp is None else (args.amp and cuda)
     s.channels_last = True if args.channels_last is None else args.channels_last
     s.overrides = tuple(args.overrides)
+    s.compile = args.compile
     _check_space(s)
     return s
 

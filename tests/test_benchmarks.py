@@ -164,3 +164,23 @@ def test_pmpl_step_part_compares_the_papers_order_with_reuse_on_one_row() -> Non
     [row] = pmpl_steps(s, lambda line: None)
     assert (row.name, row.numerator, row.denominator) == ("PMPL step 16px bs2, weight gradient at the new α / reused", "after_alpha", "reuse")
     assert row.num > 0 and row.den > 0 and math.isfinite(row.ratio)
+
+
+@pytest.mark.filterwarnings("ignore:.*candidates that coincide")
+def test_compile_adds_compiled_steps_beside_the_eager_ones() -> None:
+    """``--compile BACKEND`` times the same backbone and supernet under torch.compile (here the
+    ``eager`` backend: dynamo's capture without code generation, fast enough for a test)."""
+    import math
+
+    from benchmarks.cases import supernet_steps
+
+    s = settings_of(parse(["--rounds", "1", "--compile", "eager", "--set", "backbone.kwargs.width_mult=0.25", "--set", "backbone.input_size=16"]))
+    assert parse(["--compile"]).compile == "inductor" and parse([]).compile is None
+    s.warmup, s.resolutions, s.batch = 1, (16,), 2
+    rows = {r.name: r for r in supernet_steps(s, lambda line: None)}
+    both = rows["train step 16px bs2, both compiled"]
+    assert (both.numerator, both.denominator, both.target) == ("supernet, compiled", "backbone, compiled", 1.5)
+    for model in ("backbone", "supernet"):
+        row = rows[f"train step 16px bs2: {model}, compiled / eager"]
+        assert (row.numerator, row.denominator) == (f"{model}, compiled", model)
+    assert all(r.num > 0 and r.den > 0 and math.isfinite(r.ratio) for r in rows.values())
