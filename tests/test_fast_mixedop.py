@@ -234,25 +234,6 @@ class PaperSSP(SpatialSeparablePool):
         return conv_ssp(self, x)
 
 
-@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
-def test_the_global_ops_training_gates_move_batchnorms_running_statistics_as_the_papers_form(momentum) -> None:
-    """In training the gates normalise (1, hidden, N·(H+W), 1) rather than (N, hidden, H+W, 1): the
-    same positions, so the running mean, variance (unbiased, over N·(H+W)) and count move alike."""
-    torch.manual_seed(12)
-    ref = get_op("global").build(16, {}).double().train()
-    ref.reduce[1].momentum = momentum
-    op = copy.deepcopy(ref)
-    for seed in range(3):
-        x = torch.randn(3, 16, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-        op.gates(x)
-        conv_ssp(ref, x)
-    ours, theirs = op.reduce[1], ref.reduce[1]
-    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 3
-    torch.testing.assert_close(ours.running_mean, theirs.running_mean, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(ours.running_var, theirs.running_var, atol=1e-12, rtol=1e-12)
-    assert not torch.equal(ours.running_var, torch.ones_like(ours.running_var))
-
-
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", [(2, 16, 5, 7), (1, 16, 1, 6), (3, 16, 9, 9)], ids=lambda s: "x".join(map(str, s)))

@@ -71,8 +71,6 @@ class SpatialSeparablePool(nn.Module):
 
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``a_h`` (N,C,H,1) and ``a_w`` (N,C,1,W): the forward is ``x · a_h · a_w``."""
-        if self.training and not tracing():
-            return self._training_gates(x)
         h = x.shape[-2]
         conv, norm, act = self.reduce
         mixed = _pointwise(conv, separable_profiles(x))  # (N, H+W, hidden)
@@ -80,22 +78,6 @@ class SpatialSeparablePool(nn.Module):
         a_h = _pointwise(self.gate_h, mixed[:, :h]).sigmoid_()  # (N, H, C)
         a_w = _pointwise(self.gate_w, mixed[:, h:]).sigmoid_()  # (N, W, C)
         return a_h.transpose(1, 2).unsqueeze(-1), a_w.transpose(1, 2).unsqueeze(2)
-
-    def _training_gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The same gates with each 1×1 layer as ``W @ Pᵀ``: the profile's N·(H+W) positions are the
-        product's columns, and BN normalises (1, hidden, N·(H+W), 1), the same statistics. The
-        product with the narrow side (8-15 hidden channels) as output, and two of the gradients'
-        products, take 3-4× as long on this project's CPU; the head's train step takes 0.56-0.81×
-        (docs/performance.md). Training only: evaluation, children and export keep the layers as
-        drawn above. Same function, other rounding (the products sum in another order)."""
-        n, c, h, w = x.shape
-        conv, norm, act = self.reduce
-        profiles = separable_profiles(x).reshape(n * (h + w), c)
-        mixed = act(norm(_columns(conv, profiles.t())[None, :, :, None])).view(-1, n, h + w)  # (hidden, N, H+W)
-        hidden = mixed.shape[0]
-        a_h = _columns(self.gate_h, mixed[:, :, :h].reshape(hidden, n * h)).sigmoid_()  # (C, N·H)
-        a_w = _columns(self.gate_w, mixed[:, :, h:].reshape(hidden, n * w)).sigmoid_()  # (C, N·W)
-        return a_h.view(c, n, h).permute(1, 0, 2).unsqueeze(-1), a_w.view(c, n, w).permute(1, 0, 2).unsqueeze(2)
 
     def forward(self, x: Tensor) -> Tensor:
         a_h, a_w = self.gates(x)
@@ -110,12 +92,6 @@ class SpatialSeparablePool(nn.Module):
 def _pointwise(conv: nn.Conv2d, t: Tensor) -> Tensor:
     """A 1×1 convolution applied to (N, L, C_in) as a linear map: (N, L, C_out)."""
     return F.linear(t, conv.weight.flatten(1), conv.bias)
-
-
-def _columns(conv: nn.Conv2d, t: Tensor) -> Tensor:
-    """A 1×1 convolution applied to columns (C_in, L): (C_out, L), one product (bias fused)."""
-    weight = conv.weight.flatten(1)
-    return weight @ t if conv.bias is None else torch.addmm(conv.bias[:, None], weight, t)
 
 
 def separable_profiles(x: Tensor) -> Tensor:
