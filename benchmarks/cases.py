@@ -274,9 +274,8 @@ def layout_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
     backbone, supernet, _ = build_pair(dataclasses.replace(settings, channels_last=False), pad_first=False)
     nhwc = dataclasses.replace(settings, channels_last=True)
     nchw = dataclasses.replace(settings, channels_last=False)
-    variants = [("NHWC", nhwc, True), ("NCHW", nchw, True)]
-    if settings.device.type == "cpu":
-        variants.append(("NHWC, torch's grouped convs", nhwc, False))
+    pad_first_rows = settings.device.type == "cpu"  # RunSetup.place pads first on CPU only
+    variants = [("NHWC", nhwc, True), ("NCHW", nchw, True)] + ([("NHWC, torch's grouped convs", nhwc, False)] if pad_first_rows else [])
     rows: list[Row] = []
     for res in settings.resolutions:
         fns = {}
@@ -288,7 +287,7 @@ def layout_steps(settings: Settings, log: Callable[[str], None]) -> list[Row]:
         timings = compare(fns, settings.rounds, settings.warmup, settings.device)
         for name in ("backbone", "supernet"):
             rows.append(_ratio_row("layout", f"train step {res}px bs{settings.batch}: {name}, NHWC / NCHW", timings, f"{name} NHWC", f"{name} NCHW", None))
-        if len(variants) == 3:
+        if pad_first_rows:
             for name in ("backbone", "supernet"):
                 rows.append(
                     _ratio_row("layout", f"train step {res}px bs{settings.batch}: {name}, grouped convs padded first / torch's", timings, f"{name} NHWC", f"{name} NHWC, torch's grouped convs", None)
