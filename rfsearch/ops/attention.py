@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 from torchvision.ops import SqueezeExcitation
 
 from rfsearch.ops import native
-from rfsearch.ops.fused import gate_forward
+from rfsearch.ops.fused import gate_forward, global_hooks, has_hooks
 from rfsearch.ops.tracing import tracing
 from rfsearch.ops.registry import register_op
 from rfsearch.space.base import StrictModel
@@ -49,12 +49,11 @@ class CBAMParams(StrictModel):
 class SpatialSeparablePool(nn.Module):
     """Pool along W and along H, mix the two profiles jointly, gate the input with both.
 
-    ``reduce`` and the gates are 1×1 convolutions over the (H+W, 1) profile. They run as
-    ``F.linear`` on the (N, H+W, C) profile with the same weights: one matrix product for the
-    batch (and one for each weight gradient), where oneDNN's convolution pays a reorder and a
-    dispatch per call on these thin shapes; the modules stay convolutions, so checkpoints,
-    children and exports are unchanged. (Batched products with an expanded weight were slower
-    to train: its gradient is a batch of products and a reduction, docs/performance.md.)"""
+    ``reduce`` and the gates are 1×1 convolutions over the (H+W, 1) profile. On CPU in float32 the
+    whole head (reduce, BN, hardswish, both gates, the sigmoids) runs as one native call each way
+    (``gate_head.c``), where its ~20 PyTorch operations cost 10-30 µs each whatever their size;
+    elsewhere the layers run as ``F.linear`` on the (N, H+W, C) profile with the same weights. The
+    modules stay convolutions, so checkpoints, children and exports are unchanged."""
 
     fused_gate = "ssp"  # the fused mix computes x · a_h · a_w from ``gates(x)`` (rfsearch.ops.fused)
 
@@ -72,11 +71,16 @@ class SpatialSeparablePool(nn.Module):
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``a_h`` (N,C,H,1) and ``a_w`` (N,C,1,W): the forward is ``x · a_h · a_w``."""
         h = x.shape[-2]
-        conv, norm, act = self.reduce
-        mixed = _pointwise(conv, separable_profiles(x))  # (N, H+W, hidden)
-        mixed = act(norm(mixed.transpose(1, 2).unsqueeze(-1))).squeeze(-1).transpose(1, 2)
-        a_h = _pointwise(self.gate_h, mixed[:, :h]).sigmoid_()  # (N, H, C)
-        a_w = _pointwise(self.gate_w, mixed[:, h:]).sigmoid_()  # (N, W, C)
+        profile = separable_profiles(x)  # (N, H+W, C)
+        head = _native_head(self, profile, h)
+        if head is not None:
+            a_h, a_w = head
+        else:
+            conv, norm, act = self.reduce
+            mixed = _pointwise(conv, profile)  # (N, H+W, hidden)
+            mixed = act(norm(mixed.transpose(1, 2).unsqueeze(-1))).squeeze(-1).transpose(1, 2)
+            a_h = _pointwise(self.gate_h, mixed[:, :h]).sigmoid_()  # (N, H, C)
+            a_w = _pointwise(self.gate_w, mixed[:, h:]).sigmoid_()  # (N, W, C)
         return a_h.transpose(1, 2).unsqueeze(-1), a_w.transpose(1, 2).unsqueeze(2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -130,6 +134,63 @@ class _Profiles(torch.autograd.Function):
 
 def _native_profiles(x: Tensor) -> bool:
     return native.supports(x, (), ()) and native.available()
+
+
+def _native_head(op: SpatialSeparablePool, profile: Tensor, h: int) -> tuple[Tensor, Tensor] | None:
+    """(a_h, a_w) as (N, H, C), (N, W, C) from the native head, or None where it does not apply:
+    another dtype or device, a changed structure (exact types: conv, BN or the folded form's
+    Identity, hardswish), hooks it would bypass, tracing (exports keep the layers). (BN always sees
+    at least two values per channel: the H+W profile rows.)"""
+    conv, norm, act = op.reduce if len(op.reduce) == 3 else (None, None, None)
+    if profile.dtype != torch.float32 or profile.device.type != "cpu" or tracing() or global_hooks():
+        return None
+    layers = (conv, norm, act, op.gate_h, op.gate_w)
+    if type(conv) is not nn.Conv2d or type(op.gate_h) is not nn.Conv2d or type(op.gate_w) is not nn.Conv2d or type(act) is not nn.Hardswish:
+        return None
+    if type(norm) is nn.BatchNorm2d:
+        if not norm.affine:
+            return None
+    elif type(norm) is not nn.Identity:
+        return None
+    if any(has_hooks(m) for m in layers):
+        return None
+    bn = norm if type(norm) is nn.BatchNorm2d else None
+    params = (conv.weight, conv.bias, bn.weight if bn else None, bn.bias if bn else None, op.gate_h.weight, op.gate_h.bias, op.gate_w.weight, op.gate_w.bias)
+    if any(t is None or t.dtype != torch.float32 or not t.is_contiguous() for i, t in enumerate(params) if bn or i not in (2, 3)):
+        return None
+    if not native.available():
+        return None
+    running, momentum, batch = None, None, False
+    if bn is not None:
+        batch = bn.training or bn.running_mean is None
+        if bn.running_mean is not None:
+            running = (bn.running_mean, bn.running_var)
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)  # as _BatchNorm.forward counts
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        if not (bn.training and running is not None):
+            momentum = None  # the running statistics move only in training
+    return _GateHead.apply(profile.contiguous(), running, batch, bn.eps if bn else 0.0, momentum, h, *params)
+
+
+class _GateHead(torch.autograd.Function):
+    """The gate head in one node each way (:func:`native.head_forward`); it keeps the profile, the
+    reduce layer's output, the gates and the BN statistics used."""
+
+    @staticmethod
+    def forward(ctx: Any, profile: Tensor, running: Any, batch: bool, eps: float, momentum: float | None, h: int, *params: Tensor | None):
+        a_h, a_w, z, stats = native.head_forward(profile, params, running, batch, eps, momentum, h)
+        ctx.batch = batch
+        ctx.save_for_backward(profile, z, a_h, a_w, stats, *params)
+        return a_h, a_w
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_h: Tensor | None, grad_w: Tensor | None):
+        profile, z, a_h, a_w, stats, *params = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_p, grads = native.head_backward(profile, z, a_h, a_w, grad_h, grad_w, stats, params, ctx.batch, need[0], need[6:])
+        return (grad_p, None, None, None, None, None, *grads)
 
 
 class CBAM(nn.Module):

@@ -86,11 +86,13 @@ def _pair(v: Any) -> tuple[int, int]:
     return int(v), int(v)
 
 
-def _has_hooks(op: nn.Module) -> bool:
+def has_hooks(op: nn.Module) -> bool:
+    """Whether ``op`` has hooks of its own, which a fused path that bypasses its forward would skip."""
     return bool(op._forward_hooks or op._forward_pre_hooks or op._backward_hooks or getattr(op, "_backward_pre_hooks", None))
 
 
-def _global_hooks() -> bool:
+def global_hooks() -> bool:
+    """Whether any module-wide hooks are registered (``nn.modules.module.register_module_*_hook``)."""
     mod = nn.modules.module
     return any(bool(getattr(mod, name, None)) for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
 
@@ -107,7 +109,7 @@ def classify(op: nn.Module) -> tuple | None:
     """What the fast path knows about ``op``: ``("id",)``, ``("avg", k, include_pad)``,
     ``("max", k)``, ``("gate", kind)``, or None (run it as it is). Exact types only: a subclass may
     override ``forward``; a module with hooks must run through its ``__call__``."""
-    if _has_hooks(op):
+    if has_hooks(op):
         return None
     t = type(op)
     if t is nn.Identity:
@@ -175,7 +177,7 @@ def _cached(cache: dict[Any, Tensor], key: Any, make) -> Tensor:
 def fused_mix(ops: Sequence[nn.Module], weights: Tensor, x: Tensor, backend: str | None = None) -> Tensor | None:
     """``Σ_k weights[k] · ops[k](x)`` through the fused node, or None when no candidate is known
     (the caller then runs the plain sum). ``weights`` already has ``x``'s dtype."""
-    if x.dim() != 4 or _global_hooks():
+    if x.dim() != 4 or global_hooks():
         return None
     kinds = [classify(op) for op in ops]
     if all(kind is None for kind in kinds):

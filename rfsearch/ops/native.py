@@ -1,11 +1,12 @@
-"""The ``native`` mixing backend: ``mix_kernel.c`` compiled on first use and called through ctypes.
+"""The ``native`` mixing backend: ``mix_kernel.c`` (and ``gate_head.c``, the global op's gate head)
+compiled on first use and called through ctypes.
 
 The kernel computes every candidate of a point from one cached copy of each (sample, channel)
 plane, where the shift backend makes ~100 passes over the whole tensor. It is plain C with OpenMP
 and no PyTorch headers, so it compiles in about a second (a ``torch.utils.cpp_extension`` build
 takes over a minute here, for every fresh checkout); it links the ``libgomp`` that PyTorch has
 already loaded, so both share one thread pool. The shared object is cached under
-``$RFSEARCH_CACHE_DIR`` (default ``~/.cache/rfsearch``) by a hash of the source, the compiler and
+``$RFSEARCH_CACHE_DIR`` (default ``~/.cache/rfsearch``) by a hash of the sources, the compiler and
 the CPU, and written atomically. Without a C compiler (``$CC``, else ``cc``) the CPU default stays
 the shift backend, with one warning.
 """
@@ -26,9 +27,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["available", "backward", "forward", "profiles", "profiles_backward", "supports"]
+__all__ = ["available", "backward", "forward", "head_backward", "head_forward", "profiles", "profiles_backward", "supports"]
 
-_SOURCE = Path(__file__).with_name("mix_kernel.c")
+_SOURCES = [Path(__file__).with_name(name) for name in ("mix_kernel.c", "gate_head.c")]
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
 _log = logging.getLogger(__name__)
 _lib: ctypes.CDLL | None = None
@@ -49,8 +50,7 @@ def _build() -> ctypes.CDLL:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler ('{compiler}' not found; set CC)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
-    source = _SOURCE.read_bytes()
-    digest = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), version.encode(), _cpu_id().encode()])).hexdigest()[:16]
+    digest = hashlib.sha256(b"\0".join([*(path.read_bytes() for path in _SOURCES), " ".join(_FLAGS).encode(), version.encode(), _cpu_id().encode()])).hexdigest()[:16]
     cache = Path(os.environ.get("RFSEARCH_CACHE_DIR") or Path.home() / ".cache" / "rfsearch") / "kernels"
     target = cache / f"mix_kernel-{digest}.so"
     if not target.exists():
@@ -58,7 +58,7 @@ def _build() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
         os.close(fd)
         try:
-            done = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, check=False)
+            done = subprocess.run([compiler, *_FLAGS, *map(str, _SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
             os.replace(tmp, target)  # atomic: a concurrent process sees the old state or the whole file
@@ -71,7 +71,9 @@ def _build() -> ctypes.CDLL:
     lib.rf_mix_backward.argtypes = [pointer, pointer, pointer, i64p, i64p, pointer, pointer, pointer, pointer, ctypes.c_int, ctypes.c_int]
     lib.rf_profiles_forward.argtypes = [pointer, pointer, i64p, ctypes.c_int, ctypes.c_int]
     lib.rf_profiles_backward.argtypes = [pointer, pointer, i64p, ctypes.c_int, ctypes.c_int]
-    for entry in (lib.rf_mix_forward, lib.rf_mix_backward, lib.rf_profiles_forward, lib.rf_profiles_backward):
+    lib.rf_head_forward.argtypes = [pointer, pointer, pointer, pointer, pointer, i64p, pointer, pointer, pointer, ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int]
+    lib.rf_head_backward.argtypes = [pointer, pointer, pointer, pointer, pointer, pointer, pointer, i64p, pointer, ctypes.c_int, pointer, pointer, ctypes.c_int]
+    for entry in (lib.rf_mix_forward, lib.rf_mix_backward, lib.rf_profiles_forward, lib.rf_profiles_backward, lib.rf_head_forward, lib.rf_head_backward):
         entry.restype = ctypes.c_int
     return lib
 
@@ -205,6 +207,49 @@ def profiles_backward(grad: Tensor, out: Tensor) -> Tensor:
     grad = grad.contiguous()
     _check(_lib.rf_profiles_backward(grad.data_ptr(), out.data_ptr(), _geometry(out.shape, out), _PROFILE_BLOCK, torch.get_num_threads()))
     return out
+
+
+def head_forward(
+    p: Tensor, params: Sequence[Tensor | None], running: tuple[Tensor, Tensor] | None, batch: bool, eps: float, momentum: float | None, h: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The global op's gate head on its profiles ``p`` (N, H+W, C) (``gate_head.c``): ``a_h`` (N, H, C),
+    ``a_w`` (N, W, C), and what the backward needs: the reduce layer's output (N, H+W, hid) and the
+    statistics used (2, hid). ``params``: W1 (hid, C), b1, gamma, beta (None, None: no BN), Wh, bh,
+    Ww, bw. ``batch``: BN normalises with the batch's statistics and moves ``running`` (mean, var)
+    by ``momentum`` (None: leaves them); else with ``running``."""
+    n, rows, c = p.shape
+    hid = params[0].shape[0]
+    ah, aw = p.new_empty(n, h, c), p.new_empty(n, rows - h, c)
+    z = p.new_empty(n, rows, hid)
+    stats = torch.empty(2, hid, dtype=torch.float64)
+    rm, rv = running if running is not None else (None, None)
+    _check(_lib.rf_head_forward(
+        p.data_ptr(), ah.data_ptr(), aw.data_ptr(), z.data_ptr(), stats.data_ptr(), _head_geometry(p, h, hid), _pointers(params),
+        rm.data_ptr() if rm is not None else None, rv.data_ptr() if rv is not None else None, int(batch), eps,
+        -1.0 if momentum is None else momentum, torch.get_num_threads(),
+    ))
+    return ah, aw, z, stats
+
+
+def head_backward(
+    p: Tensor, z: Tensor, ah: Tensor, aw: Tensor, gah: Tensor | None, gaw: Tensor | None, stats: Tensor, params: Sequence[Tensor | None],
+    batch: bool, need_p: bool, need: Sequence[bool],
+) -> tuple[Tensor | None, list[Tensor | None]]:
+    """(∂p, [∂ of each of ``params`` where ``need`` says so]) of :func:`head_forward`."""
+    gp = torch.empty_like(p) if need_p else None
+    grads = [torch.empty_like(t) if t is not None and want else None for t, want in zip(params, need)]
+    gah = gah.contiguous() if gah is not None else None
+    gaw = gaw.contiguous() if gaw is not None else None
+    _check(_lib.rf_head_backward(
+        p.data_ptr(), z.data_ptr(), ah.data_ptr(), aw.data_ptr(), gah.data_ptr() if gah is not None else None,
+        gaw.data_ptr() if gaw is not None else None, stats.data_ptr(), _head_geometry(p, ah.shape[1], z.shape[2]), _pointers(params),
+        int(batch), gp.data_ptr() if gp is not None else None, _pointers(grads), torch.get_num_threads(),
+    ))
+    return gp, grads
+
+
+def _head_geometry(p: Tensor, h: int, hid: int) -> ctypes.Array:
+    return (ctypes.c_int64 * 5)(p.shape[0], p.shape[1], h, p.shape[2], hid)
 
 
 def _slot_wants(gates: Sequence[int], need_f: Sequence[bool]) -> list[bool]:
