@@ -158,8 +158,8 @@ def test_nan_and_extreme_profiles() -> None:
 
 
 def test_where_the_layers_run_as_they_are(head_calls) -> None:
-    """float64, a hook on one of the head's layers (which the native call would skip) and tracing
-    (exports keep the layers) run the modules' own path."""
+    """float64, a hook on one of the head's layers (which the native call would skip), CPU autocast
+    and tracing (exports keep the layers) run the modules' own path."""
     ref, op = op_pair(8, True)
     x = torch.randn(2, 8, 3, 3)
     ref.gates(x.double())
@@ -168,8 +168,28 @@ def test_where_the_layers_run_as_they_are(head_calls) -> None:
     op.gates(x)
     handle.remove()
     assert seen == [1] and head_calls["head_forward"] == 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a_h, _ = op.gates(x)
+    assert head_calls["head_forward"] == 0 and a_h.dtype == torch.bfloat16
     traced = torch.jit.trace(op.eval(), x, check_trace=False)
     assert head_calls["head_forward"] == 0
     assert "aten::linear" in str(traced.inlined_graph)
     op.gates(x)
     assert head_calls["head_forward"] == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda op: setattr(op.reduce, "1", nn.BatchNorm2d(op.reduce[1].num_features, affine=False)),
+        lambda op: setattr(op.reduce, "2", nn.ReLU()),
+        lambda op: setattr(op, "gate_h", nn.Conv2d(op.gate_h.in_channels, op.gate_h.out_channels, 1, bias=False)),
+        lambda op: setattr(op.gate_w, "weight", nn.Parameter(torch.randn(op.gate_w.in_channels, 8, 1, 1).transpose(0, 1))),
+    ],
+    ids=["bn-without-affine", "another-activation", "gate-without-bias", "non-contiguous-weight"],
+)
+def test_another_structure_runs_its_modules(change, head_calls) -> None:
+    _, op = op_pair(8, True)
+    change(op)
+    a_h, a_w = op.gates(torch.randn(2, 8, 3, 4))
+    assert head_calls["head_forward"] == 0 and a_h.shape == (2, 8, 3, 1) and a_w.shape == (2, 8, 1, 4)

@@ -138,28 +138,15 @@ def _native_profiles(x: Tensor) -> bool:
 
 def _native_head(op: SpatialSeparablePool, profile: Tensor, h: int) -> tuple[Tensor, Tensor] | None:
     """(a_h, a_w) as (N, H, C), (N, W, C) from the native head, or None where it does not apply:
-    another dtype or device, a changed structure (exact types: conv, BN or the folded form's
-    Identity, hardswish), hooks it would bypass, tracing (exports keep the layers). (BN always sees
-    at least two values per channel: the H+W profile rows.)"""
-    conv, norm, act = op.reduce if len(op.reduce) == 3 else (None, None, None)
-    if profile.dtype != torch.float32 or profile.device.type != "cpu" or tracing() or global_hooks():
+    another dtype or device, CPU autocast (its layers then run in bfloat16), tracing (exports keep
+    the layers), hooks it would bypass, a changed structure. (BN always sees at least two values
+    per channel: the H+W profile rows.)"""
+    if profile.dtype != torch.float32 or profile.device.type != "cpu" or tracing() or global_hooks() or torch.is_autocast_enabled("cpu"):
         return None
-    layers = (conv, norm, act, op.gate_h, op.gate_w)
-    if type(conv) is not nn.Conv2d or type(op.gate_h) is not nn.Conv2d or type(op.gate_w) is not nn.Conv2d or type(act) is not nn.Hardswish:
+    params = _head_params(op)
+    if params is None or not native.available():
         return None
-    if type(norm) is nn.BatchNorm2d:
-        if not norm.affine:
-            return None
-    elif type(norm) is not nn.Identity:
-        return None
-    if any(has_hooks(m) for m in layers):
-        return None
-    bn = norm if type(norm) is nn.BatchNorm2d else None
-    params = (conv.weight, conv.bias, bn.weight if bn else None, bn.bias if bn else None, op.gate_h.weight, op.gate_h.bias, op.gate_w.weight, op.gate_w.bias)
-    if any(t is None or t.dtype != torch.float32 or not t.is_contiguous() for i, t in enumerate(params) if bn or i not in (2, 3)):
-        return None
-    if not native.available():
-        return None
+    bn = op.reduce[1] if type(op.reduce[1]) is nn.BatchNorm2d else None
     running, momentum, batch = None, None, False
     if bn is not None:
         batch = bn.training or bn.running_mean is None
@@ -171,6 +158,27 @@ def _native_head(op: SpatialSeparablePool, profile: Tensor, h: int) -> tuple[Ten
         if not (bn.training and running is not None):
             momentum = None  # the running statistics move only in training
     return _GateHead.apply(profile.contiguous(), running, batch, bn.eps if bn else 0.0, momentum, h, *params)
+
+
+def _head_params(op: SpatialSeparablePool) -> tuple[Tensor | None, ...] | None:
+    """W1, b1, gamma, beta, Wh, bh, Ww, bw (gamma and beta None for the folded form), or None unless
+    the head is exactly the drawn one: 1×1 convolutions with biases, an affine BatchNorm2d or the
+    folded form's Identity, hardswish; no hooks; float32 contiguous parameters."""
+    if len(op.reduce) != 3:
+        return None
+    conv, norm, act = op.reduce
+    convs = (conv, op.gate_h, op.gate_w)
+    if any(type(m) is not nn.Conv2d or m.bias is None for m in convs) or type(act) is not nn.Hardswish:
+        return None
+    if not (type(norm) is nn.BatchNorm2d and norm.affine) and type(norm) is not nn.Identity:
+        return None
+    if any(has_hooks(m) for m in (*convs, norm, act)):
+        return None
+    bn = (norm.weight, norm.bias) if type(norm) is nn.BatchNorm2d else (None, None)
+    params = (conv.weight, conv.bias, *bn, op.gate_h.weight, op.gate_h.bias, op.gate_w.weight, op.gate_w.bias)
+    if any(t is not None and (t.dtype != torch.float32 or not t.is_contiguous()) for t in params):
+        return None
+    return params
 
 
 class _GateHead(torch.autograd.Function):
