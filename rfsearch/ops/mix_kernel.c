@@ -86,7 +86,7 @@ static void tile_free(Tile *t) {
 static void tile_start(Tile *t, int len) {
     t->len = len;
     for (int j = 0; j < t->w; j++)
-        for (int c = 0; c < len; c++) t->jidx[j * len + c] = j * len + c; /* the element's offset in its row */
+        for (int c = 0; c < len; c++) t->jidx[j * len + c] = j * len; /* column j's offset in a row */
 }
 
 #define ROW(t, buf, i) ((buf) + (size_t)(i) * (t)->w * (t)->len)
@@ -449,7 +449,7 @@ static double max_route(Tile *t, int r0, int rh, int rw, float weight) {
     }
     double total = 0.0;
     float *restrict best = t->vec;
-    int32_t *restrict at = (int32_t *)t->tmp; /* the winner's offset in the tile: row · line + column · len + channel */
+    int32_t *restrict at = (int32_t *)t->tmp; /* the winner's offset in the tile: row · line + column · len */
     for (int i = 0; i < h; i++) {
         int lo = i - rh < 0 ? 0 : i - rh, hi = i + rh > h - 1 ? h - 1 : i + rh;
         memcpy(best, ROW(t, t->rows, i), line * sizeof(float));
@@ -478,9 +478,14 @@ static double max_route(Tile *t, int r0, int rh, int rw, float weight) {
 #pragma omp simd reduction(+ : s)
         for (size_t e = 0; e < line; e++) s += g[e] * best[e];
         total += s;
-        /* in order (two pixels may route to one target): the same sums as MaxPool2d's backward */
-        float *acc = t->acc;
-        for (size_t e = 0; e < line; e++) acc[at[e]] += weight * g[e];
+        /* lanes of one pixel are distinct channels, so distinct targets: a vector scatter */
+        for (int j = 0; j < w; j++) {
+            const int32_t *restrict aj = at + (size_t)j * len;
+            const float *restrict gj = g + (size_t)j * len;
+            float *restrict acc = t->acc;
+#pragma omp simd
+            for (int c = 0; c < len; c++) acc[aj[c] + c] += weight * gj[c];
+        }
     }
     return total;
 }
