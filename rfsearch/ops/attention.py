@@ -138,10 +138,12 @@ def _native_profiles(x: Tensor) -> bool:
 
 def _native_head(op: SpatialSeparablePool, profile: Tensor, h: int) -> tuple[Tensor, Tensor] | None:
     """(a_h, a_w) as (N, H, C), (N, W, C) from the native head, or None where it does not apply:
-    another dtype or device, CPU autocast (its layers then run in bfloat16), tracing (exports keep
+    another dtype or device, an empty batch, CPU autocast (its layers then run in bfloat16), tracing (exports keep
     the layers), hooks it would bypass, a changed structure. (BN always sees at least two values
     per channel: the H+W profile rows.)"""
-    if profile.dtype != torch.float32 or profile.device.type != "cpu" or tracing() or global_hooks() or torch.is_autocast_enabled("cpu"):
+    if profile.dtype != torch.float32 or profile.device.type != "cpu" or profile.numel() == 0:
+        return None
+    if tracing() or global_hooks() or torch.is_autocast_enabled("cpu"):
         return None
     params = _head_params(op)
     if params is None or not native.available():
@@ -152,6 +154,8 @@ def _native_head(op: SpatialSeparablePool, profile: Tensor, h: int) -> tuple[Ten
         batch = bn.training or bn.running_mean is None
         if bn.running_mean is not None:
             running = (bn.running_mean, bn.running_var)
+            if any(b.dtype != torch.float32 or not b.is_contiguous() for b in running):
+                return None  # the kernel reads and moves them as float32
         if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)  # as _BatchNorm.forward counts
             momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
