@@ -141,9 +141,9 @@ def _native_head(op: SpatialSeparablePool, profile: Tensor, h: int) -> tuple[Ten
     another dtype or device, an empty batch, CPU autocast (its layers then run in bfloat16), tracing (exports keep
     the layers), hooks it would bypass, a changed structure. (BN always sees at least two values
     per channel: the H+W profile rows.)"""
-    if profile.dtype != torch.float32 or profile.device.type != "cpu" or profile.numel() == 0:
+    if tracing() or global_hooks() or torch.is_autocast_enabled("cpu"):  # first: a tracer records what the checks read
         return None
-    if tracing() or global_hooks() or torch.is_autocast_enabled("cpu"):
+    if profile.dtype != torch.float32 or profile.device.type != "cpu" or profile.numel() == 0:
         return None
     params = _head_params(op)
     if params is None or not native.available():
