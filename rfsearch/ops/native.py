@@ -80,7 +80,7 @@ def _build() -> ctypes.CDLL:
 
 def _check(status: int) -> None:
     if status:
-        raise MemoryError("rfsearch: the native mixing kernel could not allocate its tile buffers")
+        raise MemoryError("rfsearch: the native kernel could not allocate its working buffers (out of memory)")
 
 
 def available() -> bool:
