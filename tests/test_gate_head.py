@@ -193,3 +193,16 @@ def test_another_structure_runs_its_modules(change, head_calls) -> None:
     change(op)
     a_h, a_w = op.gates(torch.randn(2, 8, 3, 4))
     assert head_calls["head_forward"] == 0 and a_h.shape == (2, 8, 3, 1) and a_w.shape == (2, 8, 1, 4)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_bn_without_running_statistics(train, head_calls) -> None:
+    """track_running_stats=False: batch statistics in training and evaluation, nothing to move."""
+    ref, op = op_pair(16, train)
+    for m in (ref, op):
+        hid = m.reduce[1].num_features
+        m.reduce[1] = nn.BatchNorm2d(hid, track_running_stats=False).to(m.reduce[0].weight.dtype).train(train)
+    torch.manual_seed(5)
+    x, g = torch.randn(3, 16, 4, 6), torch.randn(3, 16, 4, 6)
+    assert_close_to(gated(ref, x.double(), g.double(), form=conv_ssp), gated(op, x, g))
+    assert head_calls["head_forward"] == 1

@@ -138,9 +138,9 @@ def _native_profiles(x: Tensor) -> bool:
 
 def _native_head(op: SpatialSeparablePool, profile: Tensor, h: int) -> tuple[Tensor, Tensor] | None:
     """(a_h, a_w) as (N, H, C), (N, W, C) from the native head, or None where it does not apply:
-    another dtype or device, an empty batch, CPU autocast (its layers then run in bfloat16), tracing (exports keep
-    the layers), hooks it would bypass, a changed structure. (BN always sees at least two values
-    per channel: the H+W profile rows.)"""
+    another dtype or device, an empty batch, CPU autocast (its layers then run in bfloat16),
+    tracing (exports keep the layers), hooks it would bypass, a changed structure. (BN always sees
+    at least two values per channel: the H+W profile rows.)"""
     if tracing() or global_hooks() or torch.is_autocast_enabled("cpu"):  # first: a tracer records what the checks read
         return None
     if profile.dtype != torch.float32 or profile.device.type != "cpu" or profile.numel() == 0:
@@ -150,17 +150,17 @@ def _native_head(op: SpatialSeparablePool, profile: Tensor, h: int) -> tuple[Ten
         return None
     bn = op.reduce[1] if type(op.reduce[1]) is nn.BatchNorm2d else None
     running, momentum, batch = None, None, False
-    if bn is not None:
-        batch = bn.training or bn.running_mean is None
-        if bn.running_mean is not None:
+    if bn is not None:  # as _BatchNorm.forward decides
+        batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+        if bn.running_mean is not None and (not bn.training or bn.track_running_stats):
             running = (bn.running_mean, bn.running_var)
-            if any(b.dtype != torch.float32 or not b.is_contiguous() for b in running):
+            if any(b is None or b.dtype != torch.float32 or not b.is_contiguous() for b in running):
                 return None  # the kernel reads and moves them as float32
+        factor = 0.0 if bn.momentum is None else bn.momentum
         if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)  # as _BatchNorm.forward counts
-            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        if not (bn.training and running is not None):
-            momentum = None  # the running statistics move only in training
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        momentum = factor if batch and running is not None else None  # the running statistics move only with batch statistics
     return _GateHead.apply(profile.contiguous(), running, batch, bn.eps if bn else 0.0, momentum, h, *params)
 
 
