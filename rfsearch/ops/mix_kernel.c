@@ -414,11 +414,12 @@ int rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t 
     return failed;
 }
 
-/* Route weight · g to each window's first maximum of x (MaxPool2d's rule) and return Σ g · max.
+/* Route weight · g to each window's first maximum of x, or its last NaN, in row-major order
+ * (MaxPool2d's rule: it scans the window taking a value that is larger or NaN) and return Σ g · max.
  * The row-window state (t->rows, t->col) grows from radius r0, which the previous call left.
- * The row pass keeps, per pixel and channel, the first column of its row window's maximum: a
- * candidate left of the best wins ties, one right of it must be larger. The column pass does the
- * same with rows (rows above win ties), so the winner is the first maximum in row-major order. */
+ * The row pass keeps, per pixel and channel, the column of its row window's winner: a candidate
+ * left of the best wins ties and is a NaN that wins unless the best is one already; one right of
+ * it must be larger or NaN. The column pass does the same with rows (rows above are earlier). */
 static double max_route(Tile *t, int r0, int rh, int rw, float weight) {
     int h = t->h, w = t->w, len = t->len;
     size_t line = (size_t)w * len;
@@ -435,7 +436,7 @@ static double max_route(Tile *t, int r0, int rh, int rw, float weight) {
             size_t shift = (size_t)d * len;
             for (size_t e = shift; e < line; e++) {
                 float cand = x[e - shift];
-                int take = (cand >= v[e]) | (cand != cand);
+                int take = ((cand >= v[e]) | (cand != cand)) & (v[e] == v[e]);
                 v[e] = take ? cand : v[e];
                 col[e] = take ? jidx[e] - (int32_t)shift : col[e];
             }
@@ -459,7 +460,7 @@ static double max_route(Tile *t, int r0, int rh, int rw, float weight) {
             const float *restrict v = ROW(t, t->rows, r);
             const int32_t *restrict col = t->col + (size_t)r * line;
             for (size_t e = 0; e < line; e++) {
-                int take = (v[e] >= best[e]) | (v[e] != v[e]);
+                int take = ((v[e] >= best[e]) | (v[e] != v[e])) & (best[e] == best[e]);
                 best[e] = take ? v[e] : best[e];
                 at[e] = take ? (int32_t)(r * line) + col[e] : at[e];
             }
