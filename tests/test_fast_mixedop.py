@@ -295,6 +295,33 @@ def test_fast_pool_modules_are_exact(module, k, shape) -> None:
     assert classify(fast) is not None, "the supernet recognises the drop-in modules too"
 
 
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=["nhwc-native", "nchw-shift"])
+def test_max_pooling_routes_nan_as_maxpool2d_does(layout) -> None:
+    """MaxPool2d takes a value that is larger or NaN while it scans a window in row-major order:
+    ties go to the first maximum, NaNs to the last NaN. Random float32 maps with ties (values 0-2)
+    and a quarter of NaNs: the same outputs and ∂x (the native kernel bit for bit; the shift
+    backend sums a 2×2 plane's routed gradients in another order)."""
+    from rfsearch.ops import native
+
+    exact = layout == torch.channels_last and native.available()
+    torch.manual_seed(12)
+    for _ in range(60):
+        h, w = torch.randint(1, 10, (2,)).tolist()
+        x = torch.randint(0, 3, (2, 8, h, w)).float()
+        x[torch.rand(x.shape) < 0.25] = float("nan")
+        x = x.contiguous(memory_format=layout)
+        for k in (3, 5, 7):
+            a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+            ya, yb = nn.MaxPool2d(k, 1, k // 2)(a), FastMaxPool2d(k, 1, k // 2)(b)
+            g = torch.randn_like(ya)
+            ya.backward(g), yb.backward(g)
+            assert torch.equal(ya.isnan(), yb.isnan()) and torch.equal(ya.nan_to_num(), yb.nan_to_num())
+            if exact:
+                assert torch.equal(a.grad, b.grad), f"{h}x{w}, k={k}"
+            else:
+                torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-5, msg=f"{h}x{w}, k={k}")
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_fast_pool_modules_trace_to_aten_pooling() -> None:
     traced = torch.jit.trace(nn.Sequential(FastMaxPool2d(3, 1, 1), FastAvgPool2d(5, 1, 2, count_include_pad=False)), torch.randn(1, 2, 6, 6), check_trace=False)

@@ -282,21 +282,3 @@ def test_a_cropped_channels_last_view(calls) -> None:
     torch.testing.assert_close(results[2][1], expected)
     assert calls["backward"] == 1 and calls["profiles_backward"] == 2
 
-
-def test_max_pooling_routes_nan_as_maxpool2d_does() -> None:
-    """MaxPool2d takes a value that is larger or NaN while it scans a window in row-major order:
-    ties go to the first maximum, NaNs to the last NaN. Random maps with ties (values 0-2) and a
-    quarter of NaNs: the same outputs and the same ∂x, bit for bit."""
-    torch.manual_seed(12)
-    for _ in range(60):
-        h, w = torch.randint(1, 9, (2,)).tolist()
-        x = torch.randint(0, 3, (2, 8, h, w)).float()
-        x[torch.rand(x.shape) < 0.25] = float("nan")
-        x = x.contiguous(memory_format=NHWC)
-        for k in (3, 5, 7):
-            a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-            ya, yb = nn.MaxPool2d(k, 1, k // 2)(a), FastMaxPool2d(k, 1, k // 2)(b)
-            g = torch.randn_like(ya)
-            ya.backward(g), yb.backward(g)
-            assert torch.equal(ya.isnan(), yb.isnan()) and torch.equal(ya.nan_to_num(), yb.nan_to_num())
-            assert torch.equal(a.grad, b.grad), f"{h}x{w}, k={k}"

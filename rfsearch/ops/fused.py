@@ -461,7 +461,9 @@ def _keys_into(t: Tensor, hd: int, wd: int, bufs: _Buffers) -> Tensor:
     is ``(h·W + w) − ordered(value)·2³²`` where ``ordered`` maps float32 bits to int32 monotonically
     (−0.0 folded into +0.0, which ``>`` treats as equal). The smallest key has the largest value
     and, among equal values, the smallest row-major position: the window's first maximum, as
-    ``MaxPool2d`` picks it. Its low 32 bits are the index."""
+    ``MaxPool2d`` picks it. A NaN (which ``MaxPool2d`` takes whenever its scan meets one) gets a
+    key below every number's, lower the later its position: the window's last NaN. Its low 32 bits
+    are the index."""
     h, w = t.shape[hd], t.shape[wd]
     value = bufs.get("kf", t.shape, torch.float32)
     if t.dtype == torch.float32:
@@ -481,7 +483,17 @@ def _keys_into(t: Tensor, hd: int, wd: int, bufs: _Buffers) -> Tensor:
         ("index", h, w, tuple(shape), t.device),
         lambda: torch.arange(h * w, dtype=torch.int64).reshape(shape).to(t.device),
     )
-    return torch.sub(index, keys, out=keys)
+    torch.sub(index, keys, out=keys)
+    nan = torch.isnan(value)
+    if nan.any():
+        # high half -2^31 + (h·w - 1 - position): below +inf's (-0x7F800000) for maps up to 2^23 pixels
+        nan_keys = _cached(
+            _MAP_CACHE,
+            ("nan-keys", h, w, tuple(shape), t.device),
+            lambda: (((h * w - 1) - index - 2**31) << 32) + index,
+        )
+        keys = torch.where(nan, nan_keys, keys)
+    return keys
 
 
 def _flat_base(t: Tensor, hd: int, wd: int) -> Tensor:
