@@ -36,7 +36,11 @@ def op_pair(c: int, train: bool, momentum: float | None = 0.1, seed: int = 0) ->
 def gated(op: nn.Module, x: torch.Tensor, g: torch.Tensor, form=None):
     """y = x · a_h · a_w (the op's gates, or ``form``), ∂x, every parameter's gradient, the buffers."""
     x = x.detach().clone().requires_grad_(True)
-    y = form(op, x) if form else (lambda a: x * a[0] * a[1])(op.gates(x))
+    if form is not None:
+        y = form(op, x)
+    else:
+        a_h, a_w = op.gates(x)
+        y = x * a_h * a_w
     (y * g).sum().backward()
     grads = {n: p.grad.clone() for n, p in op.named_parameters()}
     return y.detach(), x.grad, grads, {n: b.clone() for n, b in op.named_buffers()}
