@@ -15,6 +15,7 @@ from rfsearch.inference import fold_batchnorm
 from rfsearch.ops import native
 from rfsearch.ops.attention import SpatialSeparablePool
 from test_fast_mixedop import conv_ssp
+from test_native_mix import count_calls
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernel cannot be built")
 
@@ -58,16 +59,7 @@ def assert_close_to(ref, got) -> None:
 
 @pytest.fixture
 def head_calls(monkeypatch):
-    counts = {"head_forward": 0, "head_backward": 0}
-    for name in counts:
-        real = getattr(native, name)
-
-        def spy(*args, _real=real, _name=name, **kwargs):
-            counts[_name] += 1
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(native, name, spy)
-    return counts
+    return count_calls(monkeypatch, "head_forward", "head_backward")
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])

@@ -38,11 +38,10 @@ def pair(c: int, dtype: torch.dtype, backend: str, extra=None) -> tuple[MixedOp,
     return ref, fast
 
 
-@pytest.fixture
-def calls(monkeypatch):
-    """Counts the kernel's calls: the mix's forward and backward, the global op's profiles."""
-    counts = {"forward": 0, "backward": 0, "profiles": 0, "profiles_backward": 0}
-    for name in counts:
+def count_calls(monkeypatch, *names: str) -> dict[str, int]:
+    """Wraps each of ``rfsearch.ops.native``'s entry points ``names`` so that its calls are counted."""
+    counts = dict.fromkeys(names, 0)
+    for name in names:
         real = getattr(native, name)
 
         def spy(*args, _real=real, _name=name, **kwargs):
@@ -51,6 +50,12 @@ def calls(monkeypatch):
 
         monkeypatch.setattr(native, name, spy)
     return counts
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the kernel's calls: the mix's forward and backward, the global op's profiles."""
+    return count_calls(monkeypatch, "forward", "backward", "profiles", "profiles_backward")
 
 
 def inputs(shape, seed: int, layout=NHWC) -> tuple[torch.Tensor, torch.Tensor]:
