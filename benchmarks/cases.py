@@ -116,16 +116,11 @@ def build_pair(settings: Settings, pad_first: bool = True) -> tuple[nn.Module, n
 
 
 def _place(model: nn.Module, settings: Settings, pad_first: bool = True) -> nn.Module:
-    """As the search and the retrain place a model (rfsearch.train.setup.RunSetup.place);
+    """As the search and the retrain place a model (``rfsearch.train.setup.place_model``);
     ``pad_first=False`` keeps torch's own grouped convolutions (the layout part's reference)."""
-    from rfsearch.train.cpu_convs import pad_small_grouped_convs
+    from rfsearch.train.setup import place_model
 
-    if settings.device.type == "cpu" and pad_first:
-        pad_small_grouped_convs(model)
-    model.to(settings.device)
-    if settings.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
+    return place_model(model, settings.device, settings.channels_last, pad_first)
 
 
 def _autocast(settings: Settings):

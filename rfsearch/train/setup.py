@@ -29,6 +29,16 @@ def class_count(backbone: BackboneConfig, data: DataConfig) -> int | None:
     return backbone.kwargs.get("num_classes") or rfdata.num_classes(data)
 
 
+def place_model(model: nn.Module, device: torch.device, channels_last: bool, pad_first: bool) -> nn.Module:
+    """The model on the device, NHWC if asked (the usual choice on CUDA; measured faster on this
+    project's x86 CPU: docs/performance.md); on CPU with ``pad_first`` its grouped convolutions
+    pad first on maps where oneDNN's weight gradient is slow (cpu_convs). Every run places its
+    model so (``train.channels_last``, ``train.pad_first``), and the benchmarks do the same."""
+    if device.type == "cpu" and pad_first:
+        pad_small_grouped_convs(model)
+    return model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+
+
 @dataclass
 class RunSetup:
     kind: Kind
@@ -70,13 +80,7 @@ class RunSetup:
         return self.run_dir
 
     def place(self, model: nn.Module) -> nn.Module:
-        """The model on the device, NHWC unless the space turns it off (the usual choice on CUDA;
-        measured faster on this project's x86 CPU: docs/performance.md); on CPU its grouped
-        convolutions pad first on maps where oneDNN's weight gradient is slow (cpu_convs), unless
-        ``train.pad_first`` is off."""
-        if self.device.type == "cpu" and self.train.pad_first:
-            pad_small_grouped_convs(model)
-        return model.to(self.device, memory_format=torch.channels_last) if self.channels_last else model.to(self.device)
+        return place_model(model, self.device, self.channels_last, self.train.pad_first)
 
     def sync_bn(self, model: nn.Module) -> nn.Module:
         """SyncBatchNorm under torchrun when the space asks for it (before DDP wraps the model)."""
