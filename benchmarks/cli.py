@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from benchmarks.cases import Row, Settings, child_rows, family_steps, layout_steps, pmpl_search, pmpl_steps, supernet_steps
-from rfsearch.train.host_memory import keep_freed_memory
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -183,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     other = _read_run(args.compare) if args.compare is not None else None
     if args.threads:
         torch.set_num_threads(args.threads)
-    kept = keep_freed_memory()  # as every run does (train.keep_freed_memory)
     settings = settings_of(args)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     known = ("step", "families", "layout", "pmpl-step", "search", "child")
@@ -215,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(settings.device),
         "settings": {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(settings).items()},
         "machine": machine(),
-        "keep_freed_memory": kept,
         "load_before": load_before,
         "load_after": _load(),
         "seconds": time.perf_counter() - started,

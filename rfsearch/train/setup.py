@@ -19,7 +19,6 @@ from rfsearch.space.schema import BackboneConfig, TrainConfig
 from rfsearch.train import rundir
 from rfsearch.train.activations import activations_out_of_place
 from rfsearch.train.cpu_convs import pad_small_grouped_convs
-from rfsearch.train.host_memory import keep_freed_memory
 from rfsearch.train.engine import resolve_device, seed_everything
 
 Kind = Literal["search", "retrain"]
@@ -54,9 +53,7 @@ class RunSetup:
 
     @classmethod
     def start(cls, kind: Kind, train: TrainConfig, resume: str | Path | None) -> RunSetup:
-        """Ranks, device, seeds and the host allocator, before the model is built (its initial weights follow the seed)."""
-        if train.keep_freed_memory:
-            keep_freed_memory()
+        """Ranks, device and seeds, before the model is built (its initial weights follow the seed)."""
         dist, device_name = init_distributed(train.device)
         device = resolve_device(device_name)
         seed_everything(train.seed, train.deterministic)
