@@ -123,6 +123,16 @@ def test_gradient_for_alpha_only_and_squeeze_excitation(calls) -> None:
     assert calls["backward"] == 2
 
 
+def test_squeeze_excitation_beside_pooling_in_a_partial_channel_block(monkeypatch) -> None:
+    """A per-plane gate's gradients in tiles of 8 of 20 channels (the last block 4 wide): each
+    pixel of a tile is its block's width apart, not the full block's."""
+    ref, fast = pair(20, torch.float32, backend="native", extra={"se": get_op("se").build(20, {})})
+    monkeypatch.setattr(native, "TILE_FLOATS", 8 * 9 * 7)
+    x, g = inputs((2, 20, 9, 7), 5)
+    assert native._channel_block(x.shape) == 8
+    assert_same(run(ref, x, g), run(fast, x, g), torch.float32)
+
+
 POOLING_PLAN = (True, ((1, 1, 0), (2, 2, 3)), ((1, 1), (2, 2), (3, 3)), (2, 1))
 POINTWISE_PLAN = (True, (), (), (2, 1))  # no pooling: one pass along the rows, no tiles
 

@@ -199,6 +199,10 @@ static void apply_scale(Tile *t, const Plan *p, const float *weights, const floa
                         const Shape *sh, const float *src, float *out) {
     int h = t->h, w = t->w, len = t->len, first_gate = p->has_id + p->n_avg + p->n_max;
     size_t line = (size_t)w * len;
+    if (!p->has_id && p->n_gate == 0) { /* pooling alone: S = 0 */
+        memset(out, 0, (size_t)h * line * sizeof(float));
+        return;
+    }
     float *restrict base = t->vec, *restrict srow = t->vec + line;
     for (int c = 0; c < len; c++) base[c] = p->has_id ? weights[0] : 0.f;
     for (int g = 0; g < p->n_gate; g++) {
@@ -503,7 +507,7 @@ static void gate_grads(Tile *t, const Plan *p, const float *weights, const float
         if (!p->has_b[g]) {
             for (int c = 0; c < len; c++) sum[c] = 0.f;
             for (int e = 0; e < h * w; e++) {
-                const float *restrict x = t->x + (size_t)e * t->cb, *restrict gr = t->g + (size_t)e * t->cb;
+                const float *restrict x = t->x + (size_t)e * len, *restrict gr = t->g + (size_t)e * len; /* pixels are len apart */
                 for (int c = 0; c < len; c++) sum[c] += gr[c] * x[c];
             }
             const float *s = factors[2 * g] + ni * sh->c + c0;
