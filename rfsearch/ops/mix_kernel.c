@@ -112,6 +112,12 @@ static void store(Tile *t, const float *src, float *dst, Strides s) {
     }
 }
 
+/* Whether a sample's map, from channel 0, is laid out as the tile (all channels in one block, rows
+ * contiguous): the tile then reads or writes the map in place, with no copy. */
+static int same_layout(const Tile *t, Strides s) {
+    return s.sw == t->len && s.sh == (int64_t)t->w * t->len;
+}
+
 static void add_(float *restrict o, const float *restrict a, size_t n) {
     for (size_t e = 0; e < n; e++) o[e] += a[e];
 }
@@ -393,7 +399,11 @@ int rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t 
             if (!ok) continue;
             int64_t ni = q / blocks, c0 = (q % blocks) * cb;
             tile_start(&t, (int)(sh.c - c0 < cb ? sh.c - c0 : cb));
-            load(&t, x + ni * xs.sn + c0, xs, t.x);
+            float *own_x = t.x, *own_acc = t.acc;
+            int whole = t.len == sh.c;
+            if (whole && same_layout(&t, xs)) t.x = (float *)(x + ni * xs.sn); /* read only */
+            else load(&t, x + ni * xs.sn + c0, xs, t.x);
+            if (whole && same_layout(&t, ys)) t.acc = y + ni * ys.sn;
             apply_scale(&t, &p, weights, factors, ni, c0, &sh, t.x, t.acc);
             int wi = p.has_id, rw_done = 0;
             for (int a = 0; a < p.n_avg; a++, wi++) {
@@ -410,7 +420,8 @@ int rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t 
                 rw_done = rw;
                 col_accumulate(&t, rh, 1, weights[wi], NULL, t.acc, NULL);
             }
-            store(&t, t.acc, y + ni * ys.sn + c0, ys);
+            if (t.acc == own_acc) store(&t, t.acc, y + ni * ys.sn + c0, ys);
+            t.x = own_x; t.acc = own_acc;
         }
         tile_free(&t);
     }
@@ -575,8 +586,13 @@ int rf_mix_backward(const float *x, const float *g, float *gx, const int64_t *ge
             int64_t ni = q / blocks, c0 = (q % blocks) * cb;
             double *gw = gw_tiles + q * p.n_weights;
             tile_start(&t, (int)(sh.c - c0 < cb ? sh.c - c0 : cb));
-            load(&t, x + ni * xs.sn + c0, xs, t.x);
-            load(&t, g + ni * gs.sn + c0, gs, t.g);
+            float *own_x = t.x, *own_g = t.g, *own_acc = t.acc;
+            int whole = t.len == sh.c;
+            if (whole && same_layout(&t, xs)) t.x = (float *)(x + ni * xs.sn); /* read only */
+            else load(&t, x + ni * xs.sn + c0, xs, t.x);
+            if (whole && same_layout(&t, gs)) t.g = (float *)(g + ni * gs.sn);
+            else load(&t, g + ni * gs.sn + c0, gs, t.g);
+            if (gx && whole && same_layout(&t, gxs)) t.acc = gx + ni * gxs.sn;
             apply_scale(&t, &p, weights, factors, ni, c0, &sh, t.g, t.acc); /* ∂x of identity and gates */
             if (p.has_id) gw[0] = dot(&t, t.g, t.x);
             gate_grads(&t, &p, weights, factors, gfactors, ni, c0, &sh, gw);
@@ -599,7 +615,8 @@ int rf_mix_backward(const float *x, const float *g, float *gx, const int64_t *ge
                 gw[wi] = max_route(&t, rw >= rw_done ? rw_done : 0, rh, rw, weights[wi]);
                 rw_done = rw;
             }
-            if (gx) store(&t, t.acc, gx + ni * gxs.sn + c0, gxs);
+            if (gx && t.acc == own_acc) store(&t, t.acc, gx + ni * gxs.sn + c0, gxs);
+            t.x = own_x; t.g = own_g; t.acc = own_acc;
         }
         tile_free(&t);
     }
