@@ -41,7 +41,8 @@ def _cpu_peak(fn: Callable[[], object]) -> int | None:
     from torch.profiler import ProfilerActivity, profile
 
     # Kineto, the profiler's backend, logs to stderr (ERROR: a failed GPU probe; USDT: start and
-    # stop) at levels up to 5; 6 silences it. It reads the variable when a profile starts.
+    # stop) at levels up to 5; 6 silences it. It reads the variable once, when the process's first
+    # profile starts (tests/test_activations.py counts its clones without the profiler for that).
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -1,28 +1,84 @@
-"""Activations that copy their input when they run in place under autograd.
+"""In-place activations that copy their input while autograd records.
 
 torch's in-place ``hardtanh_`` (ReLU6), ``hardswish_``, ``hardsigmoid_``, ``silu_`` and ``mish_``
 compute their gradient from the input, which the in-place write destroys, so while a gradient is
 recorded they first save a copy of it (``aten::clone``): a whole extra pass over the tensor, for no
-saving of memory, since the copy is as large as an out-of-place output would be. Out of place they
-compute the same values and save the input itself: a PMPL step of the Fashion-MNIST main job
-(MobileNetV2's 51 ReLU6) took 0.98× the time, alternating both in one process (docs/performance.md).
-``nn.ReLU``, ``LeakyReLU`` and ``ELU`` differentiate through their output and copy nothing, so
-they stay as they are.
+saving of memory, since the copy is as large as an out-of-place output. Out of place they compute
+the same values and save the input itself: a PMPL step of the Fashion-MNIST main job (MobileNetV2's
+51 ReLU6) took 0.98× the time, alternating both in one process (docs/performance.md). Without a
+gradient (evaluation, inference) in place stays the better choice, with no new tensor at all: at
+224 px and batch 32 a fresh output per activation made the forward of MobileNetV2 and its children
+1.6× slower on CPU (``python -m benchmarks --only child``). ``nn.ReLU``, ``LeakyReLU`` and ``ELU`` differentiate through their output and copy nothing.
 """
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-COPYING_WHEN_IN_PLACE: tuple[type[nn.Module], ...] = (nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Mish)  # ReLU6 is a Hardtanh
+
+class _CopyFree:
+    """In place as configured, except while autograd records a gradient through the input."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and input.requires_grad:
+            return self.out_of_place(input)
+        return super().forward(input)  # type: ignore[misc]
+
+    def out_of_place(self, input: Tensor) -> Tensor:
+        raise NotImplementedError
 
 
-def activations_out_of_place(model: nn.Module) -> int:
-    """Turn off ``inplace`` on every activation of ``model`` that would copy its input under
-    autograd (the same values, one pass fewer per training step). Returns how many."""
-    changed = 0
+class CopyFreeHardtanh(_CopyFree, nn.Hardtanh):
+    def out_of_place(self, input: Tensor) -> Tensor:
+        return F.hardtanh(input, self.min_val, self.max_val)
+
+
+class CopyFreeReLU6(_CopyFree, nn.ReLU6):
+    def out_of_place(self, input: Tensor) -> Tensor:
+        return F.hardtanh(input, self.min_val, self.max_val)
+
+
+class CopyFreeHardswish(_CopyFree, nn.Hardswish):
+    def out_of_place(self, input: Tensor) -> Tensor:
+        return F.hardswish(input)
+
+
+class CopyFreeHardsigmoid(_CopyFree, nn.Hardsigmoid):
+    def out_of_place(self, input: Tensor) -> Tensor:
+        return F.hardsigmoid(input)
+
+
+class CopyFreeSiLU(_CopyFree, nn.SiLU):
+    def out_of_place(self, input: Tensor) -> Tensor:
+        return F.silu(input)
+
+
+class CopyFreeMish(_CopyFree, nn.Mish):
+    def out_of_place(self, input: Tensor) -> Tensor:
+        return F.mish(input)
+
+
+_COPY_FREE: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Hardtanh: CopyFreeHardtanh,
+    nn.ReLU6: CopyFreeReLU6,
+    nn.Hardswish: CopyFreeHardswish,
+    nn.Hardsigmoid: CopyFreeHardsigmoid,
+    nn.SiLU: CopyFreeSiLU,
+    nn.Mish: CopyFreeMish,
+}
+
+
+def copy_free_activations(model: nn.Module) -> int:
+    """Make every in-place activation of ``model`` that would copy its input under autograd (exactly
+    one of torch's classes above, not a subclass of one) its copy-free subclass. The class is
+    swapped in place, as :func:`rfsearch.train.cpu_convs.pad_small_grouped_convs` does, so
+    ``isinstance``, hooks and the state dict stay. Returns how many."""
+    swapped = 0
     for module in model.modules():
-        if isinstance(module, COPYING_WHEN_IN_PLACE) and getattr(module, "inplace", False):
-            module.inplace = False
-            changed += 1
-    return changed
+        copy_free = _COPY_FREE.get(type(module))
+        if copy_free is not None and getattr(module, "inplace", False):
+            module.__class__ = copy_free
+            swapped += 1
+    return swapped

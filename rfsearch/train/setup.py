@@ -17,7 +17,7 @@ from rfsearch.distributed import Dist, init_distributed
 from rfsearch.space.data_config import DataConfig
 from rfsearch.space.schema import BackboneConfig, TrainConfig
 from rfsearch.train import rundir
-from rfsearch.train.activations import activations_out_of_place
+from rfsearch.train.activations import copy_free_activations
 from rfsearch.train.cpu_convs import pad_small_grouped_convs
 from rfsearch.train.engine import resolve_device, seed_everything
 
@@ -33,10 +33,10 @@ def class_count(backbone: BackboneConfig, data: DataConfig) -> int | None:
 def place_model(model: nn.Module, device: torch.device, channels_last: bool, pad_first: bool) -> nn.Module:
     """The model on the device, NHWC if asked (the usual choice on CUDA; measured faster on this
     project's x86 CPU: docs/performance.md); on CPU with ``pad_first`` its grouped convolutions
-    pad first on maps where oneDNN's weight gradient is slow (cpu_convs); activations that would
-    copy their input in place run out of place (activations). Every run places its model so
-    (``train.channels_last``, ``train.pad_first``), and the benchmarks do the same."""
-    activations_out_of_place(model)
+    pad first on maps where oneDNN's weight gradient is slow (cpu_convs); in-place activations
+    that would copy their input under autograd run out of place then (activations). Every run
+    places its model so (``train.channels_last``, ``train.pad_first``), and the benchmarks too."""
+    copy_free_activations(model)
     if device.type == "cpu" and pad_first:
         pad_small_grouped_convs(model)
     return model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
