@@ -58,9 +58,9 @@ static inline float fmax_nan(float a, float b) { return ((a > b) | (a != a)) ? a
 typedef struct {
     int h, w, cb, len;
     size_t size;
-    float *x, *g, *acc, *rows, *tmp, *vec;
+    float *x, *g, *acc, *rows, *tmp, *vec, *suf;
     float *win, *dwx; /* one map row each: a column window's result, the column divisors */
-    int32_t *col, *jidx;
+    int32_t *col, *jidx, *suf_at;
 } Tile;
 
 static int tile_init(Tile *t, int h, int w, int cb) {
@@ -75,12 +75,15 @@ static int tile_init(Tile *t, int h, int w, int cb) {
     t->vec = malloc(4 * line * sizeof(float));
     t->col = malloc(t->size * sizeof(int32_t));
     t->jidx = malloc((size_t)w * cb * sizeof(int32_t));
+    t->suf = malloc(t->size * sizeof(float));
+    t->suf_at = malloc(t->size * sizeof(int32_t));
     if (t->vec) { t->win = t->vec + 2 * line; t->dwx = t->win + line; }
-    return t->x && t->g && t->acc && t->rows && t->tmp && t->vec && t->col && t->jidx;
+    return t->x && t->g && t->acc && t->rows && t->tmp && t->vec && t->col && t->jidx && t->suf && t->suf_at;
 }
 
 static void tile_free(Tile *t) {
     free(t->x); free(t->g); free(t->acc); free(t->rows); free(t->tmp); free(t->vec); free(t->col); free(t->jidx);
+    free(t->suf); free(t->suf_at);
 }
 
 static void tile_start(Tile *t, int len) {
@@ -143,6 +146,49 @@ static void row_windows(Tile *t, const float *src, int r0, int r, int op) {
     }
 }
 
+/* Long column windows of maxima run as blocks of k = 2r + 1 rows (van Herk, Gil-Werman): a window
+ * [lo, hi] is the merge of lo's suffix in its block (rows lo to the block's end) and hi's prefix in
+ * the next block (that block's start to hi), about three row operations per output row whatever r,
+ * where merging row by row takes 2r. Windows clipped at the top start a block (the prefix alone);
+ * a window that starts inside the block holding the map's last row is the suffix alone. */
+static int col_blocks_pay(int h, int r) {
+    long direct = 0;
+    for (int i = 0; i < h; i++) direct += (i + r > h - 1 ? h - 1 : i + r) - (i - r < 0 ? 0 : i - r);
+    return direct > 3L * h;
+}
+
+/* t->suf(i) = rows i to the end of i's block of k merged; with_at: the winners' offsets (row · line
+ * + column · len) in t->suf_at, a later row winning only when larger or NaN (the first maximum or
+ * the last NaN, as max_route's rows); without: values, merged as col_accumulate merges them. */
+static void col_suffixes(Tile *t, int k, int with_at) {
+    size_t line = (size_t)t->w * t->len;
+    for (int b0 = 0; b0 < t->h; b0 += k) {
+        int end = b0 + k - 1 > t->h - 1 ? t->h - 1 : b0 + k - 1;
+        memcpy(ROW(t, t->suf, end), ROW(t, t->rows, end), line * sizeof(float));
+        if (with_at) {
+            int32_t *restrict oa = t->suf_at + (size_t)end * line;
+            const int32_t *restrict ca = t->col + (size_t)end * line;
+            for (size_t e = 0; e < line; e++) oa[e] = (int32_t)(end * line) + ca[e];
+        }
+        for (int r = end - 1; r >= b0; r--) {
+            const float *restrict a = ROW(t, t->rows, r), *restrict b = ROW(t, t->suf, r + 1);
+            float *restrict o = ROW(t, t->suf, r);
+            if (!with_at) {
+                for (size_t e = 0; e < line; e++) o[e] = fmax_nan(a[e], b[e]);
+                continue;
+            }
+            const int32_t *restrict ca = t->col + (size_t)r * line, *restrict ba = t->suf_at + (size_t)(r + 1) * line;
+            int32_t *restrict oa = t->suf_at + (size_t)r * line;
+            int32_t base = (int32_t)(r * line);
+            for (size_t e = 0; e < line; e++) {
+                int take = (b[e] > a[e]) | (b[e] != b[e]);
+                o[e] = take ? b[e] : a[e];
+                oa[e] = take ? ba[e] : base + ca[e];
+            }
+        }
+    }
+}
+
 /* For every output row i: the clipped column window (radius r) of rows, summed (op 0: a running
  * sum down the map, two row operations per output row whatever r) or maximal (op 1), into one
  * row; then out(i) += weight · dh[i] · dwx ⊙ that row (dh NULL: weight alone), and, when `with`
@@ -153,9 +199,22 @@ static double col_accumulate(Tile *t, int r, int op, float weight, const float *
     float *restrict win = t->win;
     const float *restrict dwx = t->dwx;
     double total = 0.0;
+    int k = 2 * r + 1, blocks = op && col_blocks_pay(t->h, r), top = -1; /* top: the prefix's last row */
+    float *restrict pre = t->vec + line; /* hi's prefix in its block */
+    if (blocks) col_suffixes(t, k, 0);
     for (int i = 0; i < t->h; i++) {
         int lo = i - r < 0 ? 0 : i - r, hi = i + r > t->h - 1 ? t->h - 1 : i + r;
-        if (op) {
+        const float *wr = win; /* the window row: win, or a prefix or suffix row as it stands */
+        if (blocks) {
+            for (; top < hi; top++) {
+                if ((top + 1) % k == 0) memcpy(pre, ROW(t, t->rows, top + 1), line * sizeof(float));
+                else max_(pre, ROW(t, t->rows, top + 1), line);
+            }
+            const float *restrict suf = ROW(t, t->suf, lo);
+            if (lo % k == 0) wr = pre;
+            else if (hi / k == lo / k) wr = suf;
+            else for (size_t e = 0; e < line; e++) win[e] = fmax_nan(suf[e], pre[e]);
+        } else if (op) {
             memcpy(win, ROW(t, t->rows, lo), line * sizeof(float));
             for (int ii = lo + 1; ii <= hi; ii++) max_(win, ROW(t, t->rows, ii), line);
         } else if (i == 0) {
@@ -171,15 +230,15 @@ static double col_accumulate(Tile *t, int r, int op, float weight, const float *
         float *restrict o = ROW(t, out, i);
         if (dh) {
             float rowc = weight * dh[i];
-            for (size_t e = 0; e < line; e++) o[e] += rowc * dwx[e] * win[e];
+            for (size_t e = 0; e < line; e++) o[e] += rowc * dwx[e] * wr[e];
         } else {
-            for (size_t e = 0; e < line; e++) o[e] += weight * win[e];
+            for (size_t e = 0; e < line; e++) o[e] += weight * wr[e];
         }
         if (with) {
-            const float *restrict wr = ROW(t, with, i);
+            const float *restrict wi = ROW(t, with, i);
             float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-            for (size_t e = 0; e < line; e++) sum += wr[e] * win[e];
+            for (size_t e = 0; e < line; e++) sum += wi[e] * wr[e];
             total += sum;
         }
     }
@@ -429,6 +488,32 @@ int rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t 
     return failed;
 }
 
+/* best and at: rows lo..hi of the row windows merged from row i outwards (the direct way). */
+static void route_rows_direct(Tile *t, int i, int lo, int hi, float *restrict best, int32_t *restrict at) {
+    size_t line = (size_t)t->w * t->len;
+    memcpy(best, ROW(t, t->rows, i), line * sizeof(float));
+    const int32_t *restrict c0 = t->col + (size_t)i * line;
+    for (size_t e = 0; e < line; e++) at[e] = (int32_t)(i * line) + c0[e];
+    for (int r = i - 1; r >= lo; r--) { /* farther up is earlier: wins ties */
+        const float *restrict v = ROW(t, t->rows, r);
+        const int32_t *restrict col = t->col + (size_t)r * line;
+        for (size_t e = 0; e < line; e++) {
+            int take = ((v[e] >= best[e]) | (v[e] != v[e])) & (best[e] == best[e]);
+            best[e] = take ? v[e] : best[e];
+            at[e] = take ? (int32_t)(r * line) + col[e] : at[e];
+        }
+    }
+    for (int r = i + 1; r <= hi; r++) { /* farther down is later: must be larger */
+        const float *restrict v = ROW(t, t->rows, r);
+        const int32_t *restrict col = t->col + (size_t)r * line;
+        for (size_t e = 0; e < line; e++) {
+            int take = (v[e] > best[e]) | (v[e] != v[e]);
+            best[e] = take ? v[e] : best[e];
+            at[e] = take ? (int32_t)(r * line) + col[e] : at[e];
+        }
+    }
+}
+
 /* Route weight · g to each window's first maximum of x, or its last NaN, in row-major order
  * (MaxPool2d's rule: it scans the window taking a value that is larger or NaN) and return Σ g · max.
  * The row-window state (t->rows, t->col) grows from radius r0, which the previous call left.
@@ -464,39 +549,51 @@ static double max_route(Tile *t, int r0, int rh, int rw, float weight) {
         }
     }
     double total = 0.0;
-    float *restrict best = t->vec;
-    int32_t *restrict at = (int32_t *)t->tmp; /* the winner's offset in the tile: row · line + column · len */
+    float *restrict best = t->vec, *restrict pre = t->vec + line;
+    int32_t *restrict at = (int32_t *)t->tmp, *restrict pre_at = at + line; /* winners' offsets: row · line + column · len */
+    int k = 2 * rh + 1, blocks = col_blocks_pay(h, rh), top = -1;
+    if (blocks) col_suffixes(t, k, 1);
     for (int i = 0; i < h; i++) {
         int lo = i - rh < 0 ? 0 : i - rh, hi = i + rh > h - 1 ? h - 1 : i + rh;
-        memcpy(best, ROW(t, t->rows, i), line * sizeof(float));
-        const int32_t *restrict c0 = t->col + (size_t)i * line;
-        for (size_t e = 0; e < line; e++) at[e] = (int32_t)(i * line) + c0[e];
-        for (int r = i - 1; r >= lo; r--) { /* farther up is earlier: wins ties */
-            const float *restrict v = ROW(t, t->rows, r);
-            const int32_t *restrict col = t->col + (size_t)r * line;
-            for (size_t e = 0; e < line; e++) {
-                int take = ((v[e] >= best[e]) | (v[e] != v[e])) & (best[e] == best[e]);
-                best[e] = take ? v[e] : best[e];
-                at[e] = take ? (int32_t)(r * line) + col[e] : at[e];
+        const float *bv = best; /* the winners: best and at, or a prefix or suffix as it stands */
+        const int32_t *ba = at;
+        if (blocks) {
+            for (; top < hi; top++) {
+                const float *restrict v = ROW(t, t->rows, top + 1);
+                const int32_t *restrict col = t->col + (size_t)(top + 1) * line;
+                int32_t base = (int32_t)((top + 1) * line);
+                if ((top + 1) % k == 0) {
+                    memcpy(pre, v, line * sizeof(float));
+                    for (size_t e = 0; e < line; e++) pre_at[e] = base + col[e];
+                    continue;
+                }
+                for (size_t e = 0; e < line; e++) { /* a later row must be larger or NaN */
+                    int take = (v[e] > pre[e]) | (v[e] != v[e]);
+                    pre[e] = take ? v[e] : pre[e];
+                    pre_at[e] = take ? base + col[e] : pre_at[e];
+                }
             }
-        }
-        for (int r = i + 1; r <= hi; r++) { /* farther down is later: must be larger */
-            const float *restrict v = ROW(t, t->rows, r);
-            const int32_t *restrict col = t->col + (size_t)r * line;
-            for (size_t e = 0; e < line; e++) {
-                int take = (v[e] > best[e]) | (v[e] != v[e]);
-                best[e] = take ? v[e] : best[e];
-                at[e] = take ? (int32_t)(r * line) + col[e] : at[e];
-            }
+            const float *restrict sv = ROW(t, t->suf, lo);
+            const int32_t *restrict sa = t->suf_at + (size_t)lo * line;
+            if (lo % k == 0) { bv = pre; ba = pre_at; }
+            else if (hi / k == lo / k) { bv = sv; ba = sa; }
+            else
+                for (size_t e = 0; e < line; e++) {
+                    int take = (pre[e] > sv[e]) | (pre[e] != pre[e]);
+                    best[e] = take ? pre[e] : sv[e];
+                    at[e] = take ? pre_at[e] : sa[e];
+                }
+        } else {
+            route_rows_direct(t, i, lo, hi, best, at);
         }
         const float *restrict g = ROW(t, t->g, i);
         float s = 0.f;
 #pragma omp simd reduction(+ : s)
-        for (size_t e = 0; e < line; e++) s += g[e] * best[e];
+        for (size_t e = 0; e < line; e++) s += g[e] * bv[e];
         total += s;
         /* lanes of one pixel are distinct channels, so distinct targets: a vector scatter */
         for (int j = 0; j < w; j++) {
-            const int32_t *restrict aj = at + (size_t)j * len;
+            const int32_t *restrict aj = ba + (size_t)j * len;
             const float *restrict gj = g + (size_t)j * len;
             float *restrict acc = t->acc;
 #pragma omp simd
