@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from benchmarks.cases import Row, Settings, child_rows, family_steps, layout_steps, pmpl_search, pmpl_steps, supernet_steps
+from rfsearch.host_memory import keep_freed_memory
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -35,6 +36,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of the space for the step and search parts, as rfsearch --set does (repeatable)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC tensors and models (default on, as the search loop does)")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND", help="the step part also times the backbone and the supernet under torch.compile (default backend inductor; compiling takes minutes)")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True, help="glibc keeps freed host memory, as every run does (train.keep_freed_memory; default on): --no-keep-freed-memory measures glibc's defaults")
     return p.parse_args(argv)
 
 
@@ -147,7 +149,8 @@ def render(rows: list[Row], meta: dict[str, Any]) -> None:
     m = meta["machine"]
     console.print(f"[dim]{m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} ({m['threads']} threads, {m['cpu_capability']})"
                   + (f", {m['gpu']}" if "gpu" in m else "")
-                  + f"; device {meta['device']}; load average before {meta['load_before']}, after {meta['load_after']}; {meta['seconds']:.0f} s[/]")
+                  + f"; device {meta['device']}; freed host memory {'kept' if meta.get('keep_freed_memory') else 'returned (glibc default)'}"
+                  + f"; load average before {meta['load_before']}, after {meta['load_after']}; {meta['seconds']:.0f} s[/]")
 
 
 def render_comparison(this: dict[str, Any], other: dict[str, Any], other_name: str) -> None:
@@ -182,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     other = _read_run(args.compare) if args.compare is not None else None
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     settings = settings_of(args)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     known = ("step", "families", "layout", "pmpl-step", "search", "child")
@@ -213,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(settings.device),
         "settings": {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(settings).items()},
         "machine": machine(),
+        "keep_freed_memory": kept,
         "load_before": load_before,
         "load_after": _load(),
         "seconds": time.perf_counter() - started,

@@ -9,6 +9,7 @@ from rfsearch.discretize import build_child, discretize, load_child
 from rfsearch.erf import ErfMap, effective_receptive_field
 from rfsearch.errors import ConfigError, RfsearchError, RunStopped
 from rfsearch.export import export_child
+from rfsearch.host_memory import keep_freed_memory
 from rfsearch.inference import fold_batchnorm
 from rfsearch.ops import Candidate, register_op
 from rfsearch.report import child_report
@@ -44,6 +45,7 @@ __all__ = [
     "effective_receptive_field",
     "export_child",
     "fold_batchnorm",
+    "keep_freed_memory",
     "load_child",
     "load_space",
     "register_op",

@@ -14,6 +14,7 @@ from torch import nn
 from rfsearch import data as rfdata
 from rfsearch.console import TrainingProgress
 from rfsearch.distributed import Dist, init_distributed
+from rfsearch.host_memory import keep_freed_memory
 from rfsearch.space.data_config import DataConfig
 from rfsearch.space.schema import BackboneConfig, TrainConfig
 from rfsearch.train import rundir
@@ -53,7 +54,10 @@ class RunSetup:
 
     @classmethod
     def start(cls, kind: Kind, train: TrainConfig, resume: str | Path | None) -> RunSetup:
-        """Ranks, device and seeds, before the model is built (its initial weights follow the seed)."""
+        """Ranks, device, seeds and the host allocator, before the model is built (its initial
+        weights follow the seed)."""
+        if train.keep_freed_memory:
+            keep_freed_memory()
         dist, device_name = init_distributed(train.device)
         device = resolve_device(device_name)
         seed_everything(train.seed, train.deterministic)
