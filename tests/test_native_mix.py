@@ -112,28 +112,6 @@ def test_ties_route_the_gradient_to_the_same_element_as_maxpool(shape, k, calls)
     assert calls["backward"] == 2
 
 
-@pytest.mark.parametrize("k", [3, 5, 7])
-@pytest.mark.parametrize("shape", [(2, 4, 7, 7), (2, 3, 16, 16), (1, 3, 17, 5), (2, 3, 4, 4)], ids=lambda s: "x".join(map(str, s)))
-def test_nans_route_the_gradient_as_maxpool_does(shape, k, calls) -> None:
-    """A window holding NaNs gives NaN and sends its gradient to its last NaN in row-major order,
-    as MaxPool2d's scan does (a value is taken when larger, or NaN), beside ties of the rest; the
-    maps are long enough for the column windows in blocks (van Herk) and short enough for the
-    direct merge."""
-    torch.manual_seed(10 + k)
-    ref = MixedOp({"m": nn.MaxPool2d(k, 1, k // 2), "s": nn.Identity()}, 1.0, fast=False)
-    fast = copy.deepcopy(ref)
-    fast.fast, fast.backend = True, "native"
-    x = torch.randint(0, 3, shape).float()
-    x[torch.rand(shape) < 0.08] = float("nan")
-    x = x.contiguous(memory_format=NHWC)
-    g = torch.randn(shape)
-    a, b = run(ref, x, g), run(fast, x, g)
-    assert a[0].isnan().any() and not a[1].isnan().any()
-    torch.testing.assert_close(b[0], a[0], atol=0, rtol=0, equal_nan=True)
-    torch.testing.assert_close(b[1], a[1], atol=1e-6, rtol=0)
-    assert calls["backward"] == 1
-
-
 def test_gradient_for_alpha_only_and_squeeze_excitation(calls) -> None:
     ref, fast = pair(8, torch.float32, backend="native", extra={"se": get_op("se").build(8, {})})
     x, g = inputs((2, 8, 6, 7), 3)
