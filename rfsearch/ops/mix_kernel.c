@@ -488,6 +488,15 @@ int rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t 
     return failed;
 }
 
+/* best ⊕= a later row v (a later value wins only when larger or NaN), at = base + col where it wins. */
+static void merge_later_row(float *restrict best, int32_t *restrict at, const float *restrict v, const int32_t *restrict col, int32_t base, size_t n) {
+    for (size_t e = 0; e < n; e++) {
+        int take = (v[e] > best[e]) | (v[e] != v[e]);
+        best[e] = take ? v[e] : best[e];
+        at[e] = take ? base + col[e] : at[e];
+    }
+}
+
 /* best and at: rows lo..hi of the row windows merged from row i outwards (the direct way). */
 static void route_rows_direct(Tile *t, int i, int lo, int hi, float *restrict best, int32_t *restrict at) {
     size_t line = (size_t)t->w * t->len;
@@ -503,15 +512,8 @@ static void route_rows_direct(Tile *t, int i, int lo, int hi, float *restrict be
             at[e] = take ? (int32_t)(r * line) + col[e] : at[e];
         }
     }
-    for (int r = i + 1; r <= hi; r++) { /* farther down is later: must be larger */
-        const float *restrict v = ROW(t, t->rows, r);
-        const int32_t *restrict col = t->col + (size_t)r * line;
-        for (size_t e = 0; e < line; e++) {
-            int take = (v[e] > best[e]) | (v[e] != v[e]);
-            best[e] = take ? v[e] : best[e];
-            at[e] = take ? (int32_t)(r * line) + col[e] : at[e];
-        }
-    }
+    for (int r = i + 1; r <= hi; r++) /* farther down is later: must be larger */
+        merge_later_row(best, at, ROW(t, t->rows, r), t->col + (size_t)r * line, (int32_t)(r * line), line);
 }
 
 /* Route weight · g to each window's first maximum of x, or its last NaN, in row-major order
@@ -565,12 +567,8 @@ static double max_route(Tile *t, int r0, int rh, int rw, float weight) {
                 if ((top + 1) % k == 0) {
                     memcpy(pre, v, line * sizeof(float));
                     for (size_t e = 0; e < line; e++) pre_at[e] = base + col[e];
-                    continue;
-                }
-                for (size_t e = 0; e < line; e++) { /* a later row must be larger or NaN */
-                    int take = (v[e] > pre[e]) | (v[e] != v[e]);
-                    pre[e] = take ? v[e] : pre[e];
-                    pre_at[e] = take ? base + col[e] : pre_at[e];
+                } else {
+                    merge_later_row(pre, pre_at, v, col, base, line);
                 }
             }
             const float *restrict sv = ROW(t, t->suf, lo);

@@ -13,61 +13,41 @@ gradient (evaluation, inference) in place stays the better choice, with no new t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+# Each copying activation of torch and its out-of-place form (the same values, the input saved).
+_OUT_OF_PLACE: dict[type[nn.Module], Callable[[Any, Tensor], Tensor]] = {
+    nn.Hardtanh: lambda m, x: F.hardtanh(x, m.min_val, m.max_val),
+    nn.ReLU6: lambda m, x: F.hardtanh(x, m.min_val, m.max_val),
+    nn.Hardswish: lambda m, x: F.hardswish(x),
+    nn.Hardsigmoid: lambda m, x: F.hardsigmoid(x),
+    nn.SiLU: lambda m, x: F.silu(x),
+    nn.Mish: lambda m, x: F.mish(x),
+}
+
+
 class _CopyFree:
     """In place as configured, except while autograd records a gradient through the input."""
 
+    _torch_class: type[nn.Module]
+
     def forward(self, input: Tensor) -> Tensor:
         if torch.is_grad_enabled() and input.requires_grad:
-            return self.out_of_place(input)
+            return _OUT_OF_PLACE[self._torch_class](self, input)
         return super().forward(input)  # type: ignore[misc]
 
-    def out_of_place(self, input: Tensor) -> Tensor:
-        raise NotImplementedError
 
-
-class CopyFreeHardtanh(_CopyFree, nn.Hardtanh):
-    def out_of_place(self, input: Tensor) -> Tensor:
-        return F.hardtanh(input, self.min_val, self.max_val)
-
-
-class CopyFreeReLU6(_CopyFree, nn.ReLU6):
-    def out_of_place(self, input: Tensor) -> Tensor:
-        return F.hardtanh(input, self.min_val, self.max_val)
-
-
-class CopyFreeHardswish(_CopyFree, nn.Hardswish):
-    def out_of_place(self, input: Tensor) -> Tensor:
-        return F.hardswish(input)
-
-
-class CopyFreeHardsigmoid(_CopyFree, nn.Hardsigmoid):
-    def out_of_place(self, input: Tensor) -> Tensor:
-        return F.hardsigmoid(input)
-
-
-class CopyFreeSiLU(_CopyFree, nn.SiLU):
-    def out_of_place(self, input: Tensor) -> Tensor:
-        return F.silu(input)
-
-
-class CopyFreeMish(_CopyFree, nn.Mish):
-    def out_of_place(self, input: Tensor) -> Tensor:
-        return F.mish(input)
-
-
+# CopyFreeReLU6 and the rest, module attributes so that pickle and copy find them by name
 _COPY_FREE: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Hardtanh: CopyFreeHardtanh,
-    nn.ReLU6: CopyFreeReLU6,
-    nn.Hardswish: CopyFreeHardswish,
-    nn.Hardsigmoid: CopyFreeHardsigmoid,
-    nn.SiLU: CopyFreeSiLU,
-    nn.Mish: CopyFreeMish,
+    base: type(f"CopyFree{base.__name__}", (_CopyFree, base), {"_torch_class": base, "__module__": __name__}) for base in _OUT_OF_PLACE
 }
+globals().update((cls.__name__, cls) for cls in _COPY_FREE.values())
 
 
 def copy_free_activations(model: nn.Module) -> int:
