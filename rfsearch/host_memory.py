@@ -5,11 +5,12 @@ up to 32 MiB) and any free space at the heap's top over its trim threshold. The 
 size then gets fresh pages, and each 4 KiB page faults and is zeroed on its first write. A forward
 or a training step frees and allocates the same activations call after call, so on CPU that cost
 comes back every call wherever activations pass 32 MiB: at 224 px and batch 32, MobileNetV2 0.5's
-eval forward took 713 ms by default and 218 ms with freed memory kept; at 160 px its train step
-1.67 s against 1.13 s (docs/performance.md). Keeping freed memory with the process, as PyTorch's
-caching allocator does on CUDA, removes those faults, for a higher peak resident memory (+16 % in
-that train step). Small maps (the Fashion-MNIST main job) hardly change: their blocks stay under
-the adaptive threshold.
+eval forward took 541 ms by default and 210 ms with freed memory kept (``python -m benchmarks --only
+child``, docs/performance.md). Training steps gained in some processes and not in others (at 160 px:
+0.53× in a one-off script, 1.02× in the benchmark; transparent huge pages make the cost of a fault
+vary), and the peak resident memory grows by 4-16 %. Keeping freed memory with the process, as
+PyTorch's caching allocator does on CUDA, removes those faults. Small maps (the Fashion-MNIST main
+job) hardly change: their blocks stay under the adaptive threshold.
 """
 
 from __future__ import annotations
