@@ -209,17 +209,24 @@ def test_drop_in_pool_modules_run_the_kernel_exactly(module, k, shape, calls) ->
     assert calls["forward"] == 1 and calls["backward"] == 1
 
 
-@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (3, 70, 9, 11), (1, 1, 4, 4), (2, 130, 1, 6)], ids=lambda s: "x".join(map(str, s)))
-def test_the_global_ops_profiles(shape, calls) -> None:
-    """The kernel's profiles (one read of x; 64-channel blocks, a partial one) against torch's means;
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (3, 70, 9, 11), (1, 1, 4, 4), (2, 130, 1, 6), (1, 70, 6, 5)], ids=lambda s: "x".join(map(str, s)))
+def test_the_global_ops_profiles(shape, threads, calls) -> None:
+    """The kernel's profiles (one read of x; a sample's channels in one tile, or in blocks of 16
+    floats with a partial one where the batch has fewer samples than threads) against torch's means;
     their backward writes the same bits as autograd's through the two means, in channels_last."""
-    x, _ = inputs(shape, 6)
-    x.requires_grad_(True)
-    p = separable_profiles(x)
-    ref = torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=2).transpose(1, 2)
-    torch.testing.assert_close(p, ref, atol=1e-6, rtol=1e-5)
-    g = torch.randn_like(p)
-    (gx,), (gr,) = torch.autograd.grad(p, x, g), torch.autograd.grad(ref, x, g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, _ = inputs(shape, 6)
+        x.requires_grad_(True)
+        p = separable_profiles(x)
+        ref = torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=2).transpose(1, 2)
+        torch.testing.assert_close(p, ref, atol=1e-6, rtol=1e-5)
+        g = torch.randn_like(p)
+        (gx,), (gr,) = torch.autograd.grad(p, x, g), torch.autograd.grad(ref, x, g)
+    finally:
+        torch.set_num_threads(before)
     assert torch.equal(gx, gr)
     assert gx.is_contiguous(memory_format=NHWC)
     assert calls["profiles"] == 1 and calls["profiles_backward"] == 1
@@ -252,20 +259,32 @@ def test_the_global_op_gates_in_the_kernel(shape, train, calls) -> None:
     assert calls["forward"] == 2
 
 
+# (identity, gates): the general form (two gates) and the ones formed in one loop (at most one gate)
+POINTWISE_VARIANTS = [(True, (2, 1)), (True, ()), (True, (2,)), (False, (2,)), (True, (1,)), (False, (1,))]
+
+
+@pytest.mark.parametrize("variant", POINTWISE_VARIANTS, ids=lambda v: ("id" if v[0] else "") + "".join("+ab" if k == 2 else "+s" for k in v[1]))
 @pytest.mark.parametrize("shape", [(3, 20, 6, 9), (2, 70, 1, 5), (1, 8, 13, 1)], ids=lambda s: "x".join(map(str, s)))
-def test_the_pointwise_path_against_plain_products(shape) -> None:
-    """Without pooling (the identity and gates only), against ``(w0 + v1·a_h·a_w + v2·s) · x`` and
-    autograd's gradients of it, every input's gradient included."""
+def test_the_pointwise_path_against_plain_products(shape, variant) -> None:
+    """Without pooling (the identity and gates only), against ``(w0 + v1·a_h·a_w + v2·s) · x`` (the
+    terms the plan has) and autograd's gradients of it, every input's gradient included."""
     n, c, h, w = shape
+    identity, gates = variant
     x, g = inputs(shape, 8)
     torch.manual_seed(8)
-    factors = [torch.rand(n, c, h, 1), torch.rand(n, c, 1, w), torch.rand(n, c, 1, 1)]
-    weights = torch.rand(3)
-    y = native.forward(x, weights, *POINTWISE_PLAN, factors)
-    gx, gw, gf = native.backward(x, g, weights, *POINTWISE_PLAN, factors, True, True, [True, True, True])
+    factors = [f for k in gates for f in ([torch.rand(n, c, h, 1), torch.rand(n, c, 1, w)] if k == 2 else [torch.rand(n, c, 1, 1)])]
+    weights = torch.rand(int(identity) + len(gates))
+    plan = (identity, (), (), gates)
+    y = native.forward(x, weights, *plan, factors)
+    gx, gw, gf = native.backward(x, g, weights, *plan, factors, True, True, [True] * len(factors))
     leaves = [t.double().requires_grad_(True) for t in (x, weights, *factors)]
-    xd, wd, a_h, a_w, s = leaves
-    ref = (wd[0] + wd[1] * a_h * a_w + wd[2] * s) * xd
+    xd, wd, *fd = leaves
+    scale = wd[0] if identity else torch.zeros((), dtype=torch.float64)
+    wi, fi = int(identity), 0
+    for k in gates:
+        scale = scale + wd[wi] * (fd[fi] * fd[fi + 1] if k == 2 else fd[fi])
+        wi, fi = wi + 1, fi + k
+    ref = scale * xd
     grads = torch.autograd.grad(ref, leaves, g.double())
     torch.testing.assert_close(y.double(), ref.detach(), atol=1e-6, rtol=1e-5)
     assert y.is_contiguous(memory_format=NHWC) and gx.is_contiguous(memory_format=NHWC)
