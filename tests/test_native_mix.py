@@ -78,16 +78,25 @@ def test_same_forward_and_gradients_as_the_weighted_sum(shape, calls) -> None:
 
 
 def test_channel_blocks_give_the_same_result(monkeypatch) -> None:
-    """Tiles of 8 channels (three blocks, the last partial) against one tile of all 20."""
+    """Tiles of 8 channels (three blocks, the last partial) against one tile of all 20; the forward
+    gives the same bits whatever the split (what lets it take whole samples)."""
     ref, fast = pair(20, torch.float32, backend="native")
     again = copy.deepcopy(fast)
     x, g = inputs((2, 20, 9, 7), 2)
     whole = run(fast, x, g)
     monkeypatch.setattr(native, "TILE_FLOATS", 8 * 9 * 7)
-    assert native._channel_block(x.shape) == 8
+    monkeypatch.setattr(native, "FORWARD_TILE_FLOATS", 8 * 9 * 7)
+    assert native._channel_block(x.shape) == 8 and native._forward_block(x.shape, 1) == 8
     blocks = run(again, x, g)
     assert_same(run(ref, x, g), blocks, torch.float32)
     assert_same(whole, blocks, torch.float32)
+    assert torch.equal(whole[0], blocks[0])
+
+
+@pytest.mark.parametrize("shape, threads, block", [((32, 96, 56, 56), 2, 96), ((1, 96, 56, 56), 2, 48), ((1, 20, 9, 7), 3, 8), ((2, 960, 7, 7), 1, 960), ((32, 96, 112, 112), 1, 40)])
+def test_forward_tiles_take_whole_samples_and_keep_every_thread_busy(shape, threads, block) -> None:
+    """Up to FORWARD_TILE_FLOATS per buffer; split where the batch has fewer samples than threads."""
+    assert native._forward_block(shape, threads) == block
 
 
 @pytest.mark.parametrize("k", [3, 5, 7])

@@ -161,7 +161,7 @@ def forward(x: Tensor, weights: Tensor, identity: bool, avg, mx, gates: Sequence
     weights = weights.detach().float().contiguous()
     slots = _slots(gates, factors)
     _check(_lib.rf_mix_forward(
-        x.data_ptr(), y.data_ptr(), _geometry(x.shape, x, y), _plan_array(identity, avg, mx, gates), weights.data_ptr(), _pointers(slots), _channel_block(x.shape), torch.get_num_threads()
+        x.data_ptr(), y.data_ptr(), _geometry(x.shape, x, y), _plan_array(identity, avg, mx, gates), weights.data_ptr(), _pointers(slots), _forward_block(x.shape, torch.get_num_threads()), torch.get_num_threads()
     ))
     return y
 
@@ -263,7 +263,8 @@ def _slot_wants(gates: Sequence[int], need_f: Sequence[bool]) -> list[bool]:
     return wants
 
 
-TILE_FLOATS = 8192
+TILE_FLOATS = 8192  # the backward's tile: a few buffers of this size stay in L2
+FORWARD_TILE_FLOATS = 1 << 19
 
 
 def _profile_block(shape: Sequence[int], threads: int) -> int:
@@ -277,9 +278,24 @@ def _profile_block(shape: Sequence[int], threads: int) -> int:
     return min(c, -(-block // 16) * 16)
 
 
-def _channel_block(shape: Sequence[int]) -> int:
-    """Channels per tile: about ``TILE_FLOATS`` floats per tile buffer, so that a tile's few
-    buffers stay in the core's L2 cache; a multiple of 8 (one AVX2 vector) where it can be."""
-    block = TILE_FLOATS // (shape[2] * shape[3])
+def _channel_block(shape: Sequence[int], floats: int | None = None) -> int:
+    """Channels per tile: about ``floats`` (default ``TILE_FLOATS``) floats per tile buffer, so that
+    a tile's few buffers stay in the core's L2 cache; a multiple of 8 (one AVX2 vector) where it can be."""
+    block = (TILE_FLOATS if floats is None else floats) // (shape[2] * shape[3])
     block = 8 if block < 8 else block - block % 8
     return min(block, shape[1])
+
+
+def _forward_block(shape: Sequence[int], threads: int) -> int:
+    """The forward's tiles: every output element comes from its own channel alone, so the split
+    changes no bit, and whole samples (up to ``FORWARD_TILE_FLOATS`` floats, 2 MB, per buffer) read
+    and write the map in place instead of copying narrow tiles in and out (a single pool at 224 px,
+    batch 32: 0.6-0.8× the time of 8192-float tiles). Channels are split further only where the
+    batch has fewer samples than threads. The backward keeps ``TILE_FLOATS``: its weight gradients
+    are summed per tile, so its split sets their rounding."""
+    block = _channel_block(shape, FORWARD_TILE_FLOATS)
+    n, c = shape[0], shape[1]
+    if n and n < threads:
+        share = -(-c // -(-threads // n))
+        block = min(block, max(8, -(-share // 8) * 8))
+    return block
