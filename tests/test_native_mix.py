@@ -54,8 +54,9 @@ def count_calls(monkeypatch, *names: str) -> dict[str, int]:
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts the kernel's calls: the mix's forward and backward, the global op's profiles."""
-    return count_calls(monkeypatch, "forward", "backward", "profiles", "profiles_backward")
+    """Counts the kernel's calls: the mix's forward and backward, the global op's profiles and its
+    one-call inference."""
+    return count_calls(monkeypatch, "forward", "backward", "profiles", "profiles_backward", "global_forward")
 
 
 def inputs(shape, seed: int, layout=NHWC) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +175,7 @@ def test_other_inputs_use_the_shift_backend(calls) -> None:
         ref, fast = pair(8, dtype, backend="native")
         x, g = inputs((2, 8, 7, 7), 5, layout)
         assert_same(run(ref, x.to(dtype), g.to(dtype)), run(fast, x.to(dtype), g.to(dtype)), dtype)
-    assert calls == {"forward": 0, "backward": 0, "profiles": 0, "profiles_backward": 0}
+    assert calls == {"forward": 0, "backward": 0, "profiles": 0, "profiles_backward": 0, "global_forward": 0}
 
 
 def test_without_a_compiler_the_default_is_the_shift_backend(tmp_path) -> None:
@@ -218,6 +219,56 @@ def test_drop_in_pool_modules_run_the_kernel_exactly(module, k, shape, calls) ->
     assert calls["forward"] == 1 and calls["backward"] == 1
 
 
+@pytest.mark.parametrize("folded", [False, True], ids=["bn", "folded"])
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", [(1, 70, 9, 11), (3, 16, 5, 7), (2, 8, 1, 6)], ids=lambda s: "x".join(map(str, s)))
+def test_the_global_ops_inference_in_one_call(shape, threads, folded, calls) -> None:
+    """Evaluation without a gradient: profiles, head (running statistics, or folded) and gating in
+    one native call, with the same bits as the module's three calls."""
+    from rfsearch.inference import fold_batchnorm
+    import rfsearch.ops.attention as attention
+
+    torch.manual_seed(5)
+    op = get_op("global").build(shape[1], {})
+    bn = op.reduce[1]
+    nn.init.normal_(bn.weight), nn.init.normal_(bn.bias), bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2.0)
+    op = fold_batchnorm(op.eval()) if folded else op.eval()
+    x, _ = inputs(shape, 9)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            fast = op(x)
+            assert calls["global_forward"] == 1 and calls["forward"] == 0
+            a_h, a_w = op.gates(x)  # the module's path, call by call
+            three = native.forward(x, torch.ones(1), False, (), (), (2,), (a_h, a_w))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(fast, three)
+    assert fast.is_contiguous(memory_format=NHWC)
+    assert attention._native_inference(op, x.contiguous()) is None  # NCHW: the kernel reads channels innermost
+
+
+def test_the_global_ops_inference_steps_aside_where_autograd_or_batch_statistics_are_needed(calls) -> None:
+    """A gradient wanted (for x or for the weights), or BN in training mode (batch statistics, and
+    the running ones move): the module's path, which records the graph and updates BN."""
+    op = get_op("global").build(16, {})
+    x, _ = inputs((2, 16, 5, 5), 10)
+    op.eval()
+    op(x.clone().requires_grad_(True)).sum().backward()  # ∂x wanted
+    op(x).sum().backward()  # eval, but the weights want gradients
+    assert calls["global_forward"] == 0 and all(p.grad is not None for p in op.parameters())
+    op.train()
+    with torch.no_grad():
+        steps = int(op.reduce[1].num_batches_tracked)
+        op(x)
+    assert calls["global_forward"] == 0 and int(op.reduce[1].num_batches_tracked) == steps + 1
+    op.eval()
+    with torch.no_grad():
+        op(x)
+    assert calls["global_forward"] == 1
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("shape", [(2, 16, 5, 7), (3, 70, 9, 11), (1, 1, 4, 4), (2, 130, 1, 6), (1, 70, 6, 5)], ids=lambda s: "x".join(map(str, s)))
 def test_the_global_ops_profiles(shape, threads, calls) -> None:
@@ -255,7 +306,7 @@ def test_the_global_op_gates_in_the_kernel(shape, train, calls) -> None:
     plain.__class__ = PaperSSP
     x, g = inputs(shape, 7)
     fast, ref32, ref64 = run(op, x, g), run(plain, x, g), run(copy.deepcopy(plain).double(), x.double(), g.double())
-    assert calls == {"forward": 1, "backward": 1, "profiles": 1, "profiles_backward": 1}
+    assert calls == {"forward": 1, "backward": 1, "profiles": 1, "profiles_backward": 1, "global_forward": 0}
     assert fast[0].is_contiguous(memory_format=NHWC)
     pairs = [(fast[0], ref32[0], ref64[0]), (fast[1], ref32[1], ref64[1])] + [(fast[2][k], ref32[2][k], ref64[2][k]) for k in ref64[2]]
     assert set(fast[2]) == set(ref64[2])
@@ -265,7 +316,8 @@ def test_the_global_op_gates_in_the_kernel(shape, train, calls) -> None:
         assert error <= 4 * baseline + 1e-6 * scale
     with torch.no_grad():
         torch.testing.assert_close(op(x), plain(x), atol=1e-6, rtol=1e-5)
-    assert calls["forward"] == 2
+    # in evaluation one call (running statistics); in training the module's path (batch statistics)
+    assert (calls["forward"], calls["global_forward"]) == ((2, 0) if train else (1, 1))
 
 
 # (identity, gates): the general form (two gates) and the ones formed in one loop (at most one gate)

@@ -84,6 +84,9 @@ class SpatialSeparablePool(nn.Module):
         return a_h.transpose(1, 2).unsqueeze(-1), a_w.transpose(1, 2).unsqueeze(2)
 
     def forward(self, x: Tensor) -> Tensor:
+        out = _native_inference(self, x)
+        if out is not None:
+            return out
         a_h, a_w = self.gates(x)
         fused = gate_forward(x, (a_h, a_w))
         if fused is not None:
@@ -162,6 +165,30 @@ def _native_head(op: SpatialSeparablePool, profile: Tensor, h: int) -> tuple[Ten
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         momentum = factor if batch and running is not None else None  # the running statistics move only with batch statistics
     return _GateHead.apply(profile.contiguous(), running, batch, bn.eps if bn else 0.0, momentum, h, *params)
+
+
+def _native_inference(op: SpatialSeparablePool, x: Tensor) -> Tensor | None:
+    """``x · a_h · a_w`` in one native call (:func:`native.global_forward`, the same bits as the
+    three calls of the module's path) where no autograd graph is wanted and BN normalises with its
+    running statistics (evaluation) or is folded: a child's inference, a validation pass. At batch 1
+    the three calls' Python, autograd nodes and small tensors cost more than their arithmetic.
+    None elsewhere (then the op runs as drawn)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return None
+    if tracing() or global_hooks() or torch.is_autocast_enabled("cpu"):
+        return None
+    if x.numel() == 0 or not native.supports(x, (), ()) or not native.available():
+        return None
+    params = _head_params(op)
+    if params is None or (torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params)):
+        return None
+    norm = op.reduce[1]
+    if type(norm) is not nn.BatchNorm2d:
+        return native.global_forward(x, params, None, 0.0)
+    running = (norm.running_mean, norm.running_var)
+    if norm.training or any(b is None or b.dtype != torch.float32 or not b.is_contiguous() for b in running):
+        return None  # batch statistics (and their update) take the module's path
+    return native.global_forward(x, params, running, norm.eps)
 
 
 def _head_params(op: SpatialSeparablePool) -> tuple[Tensor | None, ...] | None:

@@ -300,3 +300,30 @@ int rf_head_backward(const float *p, const float *z, const float *ah, const floa
     free(wht); free(wwt); free(gy); free(part); free(sums);
     return failed;
 }
+
+int rf_profiles_forward(const float *x, float *p, const int64_t *geom, int cb, int threads);
+int rf_mix_forward(const float *x, float *y, const int64_t *geom, const int64_t *plan_data, const float *weights,
+                   const float *const *factors, int cb, int threads);
+
+/* The whole global op without autograd (evaluation, no gradient wanted): its profiles, the head
+ * with BN's running statistics (or none, folded), then y = x · a_h · a_w, as one call: the same
+ * three entry points, in the same order and with the same arguments as the module's path (the same
+ * bits), without the ~60 µs of Python, autograd nodes and tensors that three calls take, which at
+ * batch 1 cost more than the arithmetic. geom: n, c, h, w, x's then y's (sn, sh, sw), hid. */
+int rf_global_forward(const float *x, float *y, const int64_t *geom, const float *const *params, float *rm, float *rv, double eps,
+                      int profile_cb, int threads) {
+    int64_t n = geom[0], c = geom[1], h = geom[2], w = geom[3], hid = geom[10];
+    int64_t head_geom[5] = {n, h + w, h, c, hid};
+    int64_t plan[5] = {0, 0, 0, 1, 1}; /* no identity, no pooling, one gate with a row and a column factor */
+    float one = 1.f;
+    float *p = malloc(sizeof(float) * (size_t)(n * (h + w) * c)), *ah = malloc(sizeof(float) * (size_t)(n * h * c));
+    float *aw = malloc(sizeof(float) * (size_t)(n * w * c)), *z = malloc(sizeof(float) * (size_t)(n * (h + w) * hid));
+    double *stats = malloc(sizeof(double) * (size_t)(2 * hid));
+    int failed = !p || !ah || !aw || !z || !stats;
+    if (!failed) failed = rf_profiles_forward(x, p, geom, profile_cb, threads);
+    if (!failed) failed = rf_head_forward(p, ah, aw, z, stats, head_geom, params, rm, rv, 0, eps, -1.0, threads);
+    const float *factors[2] = {ah, aw};
+    if (!failed) failed = rf_mix_forward(x, y, geom, plan, &one, factors, (int)c, threads);
+    free(p); free(ah); free(aw); free(z); free(stats);
+    return failed ? 1 : 0;
+}

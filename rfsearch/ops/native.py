@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["available", "backward", "forward", "head_backward", "head_forward", "profiles", "profiles_backward", "supports"]
+__all__ = ["available", "backward", "forward", "global_forward", "head_backward", "head_forward", "profiles", "profiles_backward", "supports"]
 
 _SOURCES = [Path(__file__).with_name(name) for name in ("mix_kernel.c", "gate_head.c")]
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
@@ -73,7 +73,8 @@ def _build() -> ctypes.CDLL:
     lib.rf_profiles_backward.argtypes = [pointer, pointer, i64p, ctypes.c_int, ctypes.c_int]
     lib.rf_head_forward.argtypes = [pointer, pointer, pointer, pointer, pointer, i64p, pointer, pointer, pointer, ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int]
     lib.rf_head_backward.argtypes = [pointer, pointer, pointer, pointer, pointer, pointer, pointer, i64p, pointer, ctypes.c_int, pointer, pointer, ctypes.c_int]
-    for entry in (lib.rf_mix_forward, lib.rf_mix_backward, lib.rf_profiles_forward, lib.rf_profiles_backward, lib.rf_head_forward, lib.rf_head_backward):
+    lib.rf_global_forward.argtypes = [pointer, pointer, i64p, pointer, pointer, pointer, ctypes.c_double, ctypes.c_int, ctypes.c_int]
+    for entry in (lib.rf_mix_forward, lib.rf_mix_backward, lib.rf_profiles_forward, lib.rf_profiles_backward, lib.rf_head_forward, lib.rf_head_backward, lib.rf_global_forward):
         entry.restype = ctypes.c_int
     return lib
 
@@ -248,6 +249,21 @@ def head_backward(
         int(batch), gp.data_ptr() if gp is not None else None, _pointers(grads), torch.get_num_threads(),
     ))
     return gp, grads
+
+
+def global_forward(x: Tensor, params: Sequence[Tensor | None], running: tuple[Tensor, Tensor] | None, eps: float) -> Tensor:
+    """The global op's output ``x · a_h · a_w`` without autograd, in one call: :func:`profiles`, then
+    :func:`head_forward` with BN's ``running`` statistics (None: the folded form), then the gating of
+    :func:`forward`; the same bits as those three calls. ``x``: float32, channels with stride 1."""
+    y = _nhwc_like(x)
+    threads = torch.get_num_threads()
+    rm, rv = running if running is not None else (None, None)
+    geom = (ctypes.c_int64 * 11)(*x.shape, *(s for t in (x, y) for s in (t.stride(0), t.stride(2), t.stride(3))), params[0].shape[0])
+    _check(_lib.rf_global_forward(
+        x.data_ptr(), y.data_ptr(), geom, _pointers(params), rm.data_ptr() if rm is not None else None,
+        rv.data_ptr() if rv is not None else None, eps, _profile_block(x.shape, threads), threads,
+    ))
+    return y
 
 
 def _head_geometry(p: Tensor, h: int, hid: int) -> ctypes.Array:
