@@ -258,7 +258,7 @@ def global_forward(x: Tensor, params: Sequence[Tensor | None], running: tuple[Te
     y = _nhwc_like(x)
     threads = torch.get_num_threads()
     rm, rv = running if running is not None else (None, None)
-    geom = (ctypes.c_int64 * 11)(*x.shape, *(s for t in (x, y) for s in (t.stride(0), t.stride(2), t.stride(3))), params[0].shape[0])
+    geom = (ctypes.c_int64 * 11)(*_geometry(x.shape, x, y), params[0].shape[0])  # as forward's, then the head's hidden width
     _check(_lib.rf_global_forward(
         x.data_ptr(), y.data_ptr(), geom, _pointers(params), rm.data_ptr() if rm is not None else None,
         rv.data_ptr() if rv is not None else None, eps, _profile_block(x.shape, threads), threads,
@@ -279,7 +279,7 @@ def _slot_wants(gates: Sequence[int], need_f: Sequence[bool]) -> list[bool]:
     return wants
 
 
-TILE_FLOATS = 1 << 16  # the backward's tile: its ~7 buffers of this size (256 KB) stay in a 2 MB L2
+TILE_FLOATS = 1 << 16  # the backward's tile: its ~7 buffers of 256 KB fit the 2 MB L2 it was measured on
 FORWARD_TILE_FLOATS = 1 << 19
 
 
