@@ -288,10 +288,15 @@ def _profile_block(shape: Sequence[int], threads: int) -> int:
     64 made the profiles 1.2-2.6× slower: 64-float pieces of every pixel, tile after tile; the W × C
     column sums stay in L2 at every map the spaces make), split only where the batch has fewer
     samples than threads; a multiple of 16 floats (one AVX-512 vector)."""
-    n, c = shape[0], shape[1]
-    split = -(-threads // n) if n else 1
-    block = -(-c // split)
-    return min(c, -(-block // 16) * 16)
+    return _thread_share(shape[0], shape[1], threads, 16)
+
+
+def _thread_share(n: int, c: int, threads: int, multiple: int) -> int:
+    """Channels per tile so that every thread has a tile where the batch has fewer samples than
+    threads (c split into ceil(threads / n) blocks), else all c; rounded up to ``multiple``, at most c."""
+    split = -(-threads // n) if 0 < n < threads else 1
+    share = -(-c // split)
+    return min(c, -(-share // multiple) * multiple)
 
 
 def _channel_block(shape: Sequence[int], floats: int | None = None) -> int:
@@ -310,9 +315,4 @@ def _forward_block(shape: Sequence[int], threads: int) -> int:
     batch has fewer samples than threads. The backward takes ``TILE_FLOATS``: it reads x and the
     gradient and writes ∂x, with more buffers per tile; its weight gradients are summed per tile,
     so its split sets their rounding."""
-    block = _channel_block(shape, FORWARD_TILE_FLOATS)
-    n, c = shape[0], shape[1]
-    if n and n < threads:
-        share = -(-c // -(-threads // n))
-        block = min(block, max(8, -(-share // 8) * 8))
-    return block
+    return min(_channel_block(shape, FORWARD_TILE_FLOATS), _thread_share(shape[0], shape[1], threads, 8))

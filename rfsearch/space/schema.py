@@ -191,7 +191,7 @@ class TrainConfig(StrictModel):
     keep_freed_memory: bool = Field(
         True,
         description="on Linux with glibc, freed host memory stays with the process for the next tensors instead of going back "
-        "to the kernel (no page faults on reuse: the 224 px batch-32 eval forward 2.6x faster on CPU, training steps from no change to 1.9x faster; 4-16 % more resident memory); "
+        "to the kernel (no page faults on reuse: the 224 px batch-32 eval forward 2.6x faster on CPU in python -m benchmarks --only child; training steps did not gain there; 4-16 % more resident memory); "
         "glibc's MALLOC_* variables or GLIBC_TUNABLES, when set, stand instead",
     )
     seed: int = 0
